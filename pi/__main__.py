@@ -1,0 +1,5 @@
+import sys
+
+from pi.cli import main
+
+sys.exit(main())

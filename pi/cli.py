@@ -1,0 +1,175 @@
+"""Command line: `emotion-edge run | detect | collect | check-config | fer-eval` (also `python -m pi`).
+
+Exit codes: 0 success, 1 runtime failure, 2 bad configuration or arguments, 3 hardware missing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from pi import config as config_mod
+from pi.errors import ConfigError, EmotionEdgeError, HardwareError
+
+log = logging.getLogger("emotion-edge")
+DEFAULT_CONFIG = config_mod.PROJECT_ROOT / "config.yaml"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=None,
+                   help=f"YAML config (default: {DEFAULT_CONFIG} when it exists, else built-in defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a dotted config key, e.g. --set mqtt.port=1884 (repeatable)")
+    p.add_argument("--simulate", action="store_true", help="simulated I2C hat, person, camera and button")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emotion-edge", description="Edge emotion detection daemon")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run the daemon (button and MQTT commands)")
+    _common(p)
+    p.add_argument("--max-seconds", type=float, default=None, help="stop after this many clock seconds")
+    p = sub.add_parser("detect", help="one detection now; prints the result JSON")
+    _common(p)
+    p.add_argument("--window", type=float, default=None, help="window length in seconds")
+    p = sub.add_parser("collect", help="a labelled training session, one record per second")
+    _common(p)
+    p.add_argument("--label", required=True)
+    p.add_argument("--duration", type=float, required=True, help="seconds")
+    p = sub.add_parser("check-config", help="validate and print the effective config")
+    _common(p)
+    p = sub.add_parser("fer-eval", help="evaluate the expression model on a dataset .npz")
+    p.add_argument("data", type=Path)
+    p.add_argument("--model", type=Path, default=None, help="TFLite file (default: the configured model)")
+    p.add_argument("--metadata", type=Path, default=None)
+    p.add_argument("--limit", type=int, default=None, help="first N images only")
+    p.add_argument("--flip", action="store_true", help="average with the mirrored face")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def load_config(args) -> dict:
+    path = args.config
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    return config_mod.load(path, args.overrides)
+
+
+def _make_device(cfg: dict, simulate: bool):
+    from pi.device import Device, load_face_pipeline, open_store
+    from pi.hardware import build
+    from pi.publisher import MqttPublisher
+
+    hardware = build(cfg, simulate)
+    publisher = MqttPublisher(cfg["mqtt"], cfg["device"]["id"], hardware.clock)
+    face = load_face_pipeline(cfg) if hardware.camera is not None else None
+    return Device(cfg, hardware, publisher, open_store(cfg), face)
+
+
+def _finish(device, cfg) -> int:
+    """Wait for the broker's acknowledgements, then close; return how many are still waiting."""
+    left = device.publisher.flush(cfg["mqtt"]["publish_timeout"])
+    device.stop(flush_timeout=0.5)
+    if left:
+        log.warning("%d message(s) not acknowledged by the broker within %.0f s", left,
+                    cfg["mqtt"]["publish_timeout"])
+    return left
+
+
+def cmd_check_config(args) -> int:
+    cfg = load_config(args)
+    sys.stdout.write(config_mod.dump(cfg))
+    return 0
+
+
+def cmd_collect(args) -> int:
+    cfg = load_config(args)
+    if args.label not in cfg["collect"]["labels"]:
+        raise ConfigError({"--label": f"unknown label {args.label!r}; known: {', '.join(cfg['collect']['labels'])}"})
+    if args.duration <= 0:
+        raise ConfigError({"--duration": "must be positive"})
+    device = _make_device(cfg, args.simulate)
+    device.start()
+    device.warm_up()
+    try:
+        summary = device.collect(args.label, args.duration)
+    finally:
+        left = _finish(device, cfg)
+    print(json.dumps({"session_id": summary.session_id, "label": summary.label, "records": summary.records,
+                      "unacknowledged": left}))
+    return 0 if left == 0 else 1
+
+
+def cmd_detect(args) -> int:
+    cfg = load_config(args)
+    if args.window is not None and not 1 <= args.window <= 300:
+        raise ConfigError({"--window": "must be between 1 and 300 seconds"})
+    device = _make_device(cfg, args.simulate)
+    device.start()
+    device.warm_up()
+    try:
+        result = device.detect(args.window)
+    finally:
+        left = _finish(device, cfg)
+    print(json.dumps(result))
+    return 0 if left == 0 else 1
+
+
+def cmd_run(args) -> int:
+    from pi.daemon import Daemon
+
+    cfg = load_config(args)
+    daemon = Daemon(_make_device(cfg, args.simulate))
+    daemon.install_signal_handlers()
+    daemon.run(args.max_seconds)
+    return 0
+
+
+def cmd_fer_eval(args) -> int:
+    from pi.fer_eval import evaluate, format_report
+
+    cfg = config_mod.load(DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    report = evaluate(args.data, args.model or Path(cfg["face"]["model"]),
+                      args.metadata or Path(cfg["face"]["metadata"]), limit=args.limit, flip=args.flip)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "detect": cmd_detect, "collect": cmd_collect, "check-config": cmd_check_config,
+            "fer-eval": cmd_fer_eval}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level, fmt = "INFO", "json"
+    try:
+        if args.command != "fer-eval":
+            cfg = load_config(args)
+            level, fmt = cfg["log"]["level"], cfg["log"]["format"]
+    except ConfigError as exc:
+        print(f"emotion-edge: {exc}", file=sys.stderr)
+        return 2
+    from pi import logs
+
+    logs.setup(level, fmt)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"emotion-edge: {exc}", file=sys.stderr)
+        return 2
+    except HardwareError as exc:
+        log.error("%s", exc)
+        print(f"emotion-edge: hardware problem: {exc}", file=sys.stderr)
+        return 3
+    except EmotionEdgeError as exc:
+        log.error("%s", exc)
+        print(f"emotion-edge: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

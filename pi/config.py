@@ -1,0 +1,301 @@
+"""Configuration: one YAML file, validated and normalised before any hardware is touched.
+
+A file sets only the keys it changes; `DEFAULTS` (documented in config.yaml and the README) fill the rest.
+Every problem is collected and keyed by its dotted path, then raised together as one `ConfigError`, so a
+user fixes a broken file in one go. `--set a.b=value` overrides go through the same validation.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from pi.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+FER_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+LABEL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One config key: its type, default and constraints. `kind` is one of str, int, float, bool, list."""
+
+    kind: str
+    default: Any
+    doc: str
+    choices: tuple = ()
+    min: float | None = None
+    max: float | None = None
+    nullable: bool = False
+    check: Callable[[Any], str | None] | None = field(default=None, compare=False)
+
+
+def _label_list(value: list) -> str | None:
+    bad = [v for v in value if not isinstance(v, str) or not LABEL_RE.match(v)]
+    if bad:
+        return f"labels must be lower-case words (a-z, 0-9, _ or -), got {bad!r}"
+    if len(set(value)) != len(value):
+        return "labels must be unique"
+    return None
+
+
+def _i2c_address(value: int) -> str | None:
+    return None if value in (0x04, 0x08) else f"must be 0x04 (STM32 hat) or 0x08 (MM32 hat), got {value:#04x}"
+
+
+def _topic(value: str) -> str | None:
+    if not value or any(c in value for c in "#+\0") or len(value.encode()) > 256:
+        return "must be a non-empty MQTT topic without wildcards (# +), at most 256 bytes"
+    return None
+
+
+SCHEMA: dict[str, dict[str, Field]] = {
+    "device": {
+        "id": Field("str", "emotion-pi-01", "device id: MQTT client id and `device_id` in every message",
+                    check=lambda v: None if re.match(r"^[A-Za-z0-9_.:-]{1,64}$", v) else
+                    "must be 1-64 characters of letters, digits, _ . : -"),
+        "user": Field("str", "default", "the wearer; every record carries it and personal models are per user",
+                      check=lambda v: None if re.match(r"^[A-Za-z0-9_.-]{1,64}$", v) else
+                      "must be 1-64 characters of letters, digits, _ . -"),
+        "data_dir": Field("str", None, "local store; default $STATE_DIRECTORY or ~/.local/share/emotion-edge",
+                          nullable=True),
+    },
+    "mqtt": {
+        "host": Field("str", "127.0.0.1", "broker host name or address"),
+        "port": Field("int", 1883, "broker port", min=1, max=65535),
+        "keepalive": Field("int", 60, "MQTT keep-alive in seconds", min=5, max=1200),
+        "qos": Field("int", 1, "QoS of every publish (AWS IoT Core allows 0 and 1)", choices=(0, 1)),
+        "username": Field("str", None, "optional user name", nullable=True),
+        "password": Field("str", None, "optional password", nullable=True),
+        "train_topic": Field("str", "iotsensors/train", "labelled per-second records", check=_topic),
+        "infer_topic": Field("str", "iotsensors/infer", "detection windows", check=_topic),
+        "result_topic": Field("str", "iotsensors/infer/result", "detection results", check=_topic),
+        "command_topic": Field("str", "iotsensors/{device_id}/command", "commands to this device",
+                               check=_topic),
+        "status_topic": Field("str", "iotsensors/{device_id}/status", "retained online/offline status",
+                              check=_topic),
+        "error_topic": Field("str", "iotsensors/{device_id}/error", "rejected commands and faults",
+                             check=_topic),
+        "publish_timeout": Field("float", 10.0, "seconds to wait for PUBACKs before exiting", min=0.1, max=600),
+        "reconnect_max_delay": Field("float", 30.0, "upper bound of the reconnect back-off", min=1, max=600),
+    },
+    "i2c": {
+        "bus": Field("int", 1, "I2C bus number (/dev/i2c-N)", min=0, max=31),
+        "address": Field("int", None, "hat address 0x04 or 0x08; null probes both", nullable=True,
+                         check=_i2c_address),
+        "retries": Field("int", 3, "retries of a failed register read", min=0, max=10),
+    },
+    "sampling": {
+        "rate_hz": Field("float", 50.0, "samples per second per channel", min=10, max=500),
+    },
+    "gsr": {
+        "channel": Field("int", 0, "ADC channel of the GSR sensor (A0)", min=0, max=7),
+        "no_contact_reading": Field("int", 2048, "12-bit reading with no finger (the sensor's calibration "
+                                    "point, set with its potentiometer)", min=1024, max=4095),
+        "contact_margin": Field("int", 24, "readings within this of the no-contact point mean no contact",
+                                min=1, max=1000),
+    },
+    "heart": {
+        "source": Field("str", "adc", "adc: ear clip pulses via the ADC; gpio: ear clip on a GPIO pin; "
+                        "ppg: analog PPG sensor via the ADC", choices=("adc", "gpio", "ppg")),
+        "channel": Field("int", 4, "ADC channel of the heart-rate sensor (A4)", min=0, max=7),
+        "threshold_mv": Field("float", 1650.0, "pulse threshold on the sampled voltage", min=10, max=3300),
+        "hysteresis_mv": Field("float", 200.0, "hysteresis around the threshold", min=0, max=1500),
+        "gpio_pin": Field("int", 22, "BCM pin of the ear clip when source is gpio", min=0, max=27),
+        "min_bpm": Field("float", 30.0, "slowest plausible heart rate", min=20, max=100),
+        "max_bpm": Field("float", 220.0, "fastest plausible heart rate", min=100, max=300),
+        "window_s": Field("float", 10.0, "seconds of beats behind each BPM figure", min=3, max=60),
+    },
+    "camera": {
+        "backend": Field("str", "opencv", "opencv, picamera2 or none", choices=("opencv", "picamera2", "none")),
+        "device": Field("int", 0, "OpenCV VideoCapture index", min=0, max=63),
+        "width": Field("int", 640, "frame width", min=64, max=4096),
+        "height": Field("int", 480, "frame height", min=48, max=4096),
+        "frames_per_window": Field("int", 5, "frames grabbed during one detection window", min=0, max=100),
+    },
+    "face": {
+        "model": Field("str", "models/fer_int8.tflite", "TFLite expression model (relative to the project)"),
+        "metadata": Field("str", "models/fer.json", "the model's metadata JSON"),
+        "threads": Field("int", 1, "interpreter threads", min=1, max=4),
+        "detect_width": Field("int", 320, "frames are downscaled to this width for Haar detection",
+                              min=80, max=4096),
+        "min_face": Field("int", 32, "smallest face side in pixels at detection scale", min=12, max=1000),
+        "margin": Field("float", 0.1, "margin added around the detected face box", min=0, max=1),
+    },
+    "button": {
+        "enabled": Field("bool", True, "listen to the 'detect my emotion' button"),
+        "pin": Field("int", 5, "BCM pin of the button (Grove hat port D5)", min=0, max=27),
+        "bounce_s": Field("float", 0.05, "debounce time", min=0, max=1),
+    },
+    "collect": {
+        "labels": Field("list", ["happy", "sad", "angry", "neutral", "baseline"],
+                        "labels a collect session may carry", check=_label_list),
+    },
+    "detect": {
+        "window_s": Field("float", 10.0, "length of a detection window", min=1, max=300),
+        "emotions": Field("list", ["happy", "sad", "angry", "neutral"], "emotions a result may name",
+                          check=_label_list),
+        "uncertain_below": Field("float", 0.4, "confidence under which the result is 'uncertain'",
+                                 min=0, max=1),
+    },
+    "sim": {
+        "emotion": Field("str", "neutral", "what the simulated person feels", choices=FER_CLASSES),
+        "speed": Field("float", 1.0, "simulated seconds per real second", min=0.1, max=200),
+        "seed": Field("int", 0, "random seed of the simulated person"),
+        "bpm": Field("float", None, "force the simulated heart rate (else it follows the emotion)",
+                     nullable=True, min=30, max=220),
+        "finger_off_every_s": Field("float", 0.0, "a finger-off episode this often (0 never)", min=0),
+        "faces": Field("str", "../shared/datasets/fer2013/fer2013_publictest.npz",
+                       "dataset .npz whose faces the simulated camera shows; null shows an empty scene",
+                       nullable=True),
+        "button_every_s": Field("float", 0.0, "press the simulated button this often in `run` (0 never)",
+                                min=0),
+    },
+    "log": {
+        "level": Field("str", "INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+        "format": Field("str", "json", "json lines or plain text", choices=("json", "text")),
+    },
+}
+
+
+def defaults() -> dict[str, dict[str, Any]]:
+    """The documented default configuration as a fresh nested dict."""
+    return {s: {k: copy.deepcopy(f.default) for k, f in keys.items()} for s, keys in SCHEMA.items()}
+
+
+_KINDS = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "list": (list,)}
+
+
+def _check_value(path: str, spec: Field, value: Any) -> tuple[Any, str | None]:
+    if value is None:
+        return None, None if spec.nullable else "must not be null"
+    if isinstance(value, bool) and spec.kind in ("int", "float"):
+        return value, f"expected {spec.kind}, got a boolean"
+    if not isinstance(value, _KINDS[spec.kind]):
+        return value, f"expected {spec.kind}, got {type(value).__name__} {value!r}"
+    if spec.kind == "float":
+        value = float(value)
+    if spec.choices and value not in spec.choices:
+        return value, f"must be one of {', '.join(map(str, spec.choices))}; got {value!r}"
+    if spec.min is not None and value < spec.min:
+        return value, f"must be >= {spec.min}; got {value!r}"
+    if spec.max is not None and value > spec.max:
+        return value, f"must be <= {spec.max}; got {value!r}"
+    if spec.check is not None:
+        problem = spec.check(value)
+        if problem:
+            return value, problem
+    return value, None
+
+
+def validate(raw: Any, source: str = "config") -> dict[str, dict[str, Any]]:
+    """Merge `raw` over the defaults and validate; raise ConfigError naming every bad key."""
+    problems: dict[str, str] = {}
+    merged = defaults()
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError({source: f"top level must be a mapping of sections, got {type(raw).__name__}"})
+    for section, values in raw.items():
+        if section not in SCHEMA:
+            problems[str(section)] = f"unknown section (known: {', '.join(SCHEMA)})"
+            continue
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            problems[section] = f"must be a mapping, got {type(values).__name__}"
+            continue
+        for key, value in values.items():
+            path = f"{section}.{key}"
+            spec = SCHEMA[section].get(key)
+            if spec is None:
+                problems[path] = f"unknown key (known: {', '.join(SCHEMA[section])})"
+                continue
+            value, problem = _check_value(path, spec, value)
+            if problem:
+                problems[path] = problem
+            else:
+                merged[section][key] = value
+    if not problems:
+        problems.update(_cross_checks(merged))
+    if problems:
+        raise ConfigError(problems)
+    return merged
+
+
+def _cross_checks(cfg: dict) -> dict[str, str]:
+    problems = {}
+    if cfg["heart"]["min_bpm"] >= cfg["heart"]["max_bpm"]:
+        problems["heart.min_bpm"] = "must be below heart.max_bpm"
+    if cfg["heart"]["source"] != "gpio" and cfg["heart"]["channel"] == cfg["gsr"]["channel"]:
+        problems["heart.channel"] = "must differ from gsr.channel"
+    return problems
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Parse `section.key=value` (value read as a YAML scalar) from --set."""
+    if "=" not in text:
+        raise ConfigError({text: "--set needs KEY=VALUE, e.g. mqtt.port=1884"})
+    key, _, value = text.partition("=")
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError({key: "--set keys are section.key, e.g. sim.emotion"})
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError({key: f"value is not valid YAML: {exc}"}) from None
+    return parts[0], parts[1], parsed
+
+
+def load(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> dict[str, dict[str, Any]]:
+    """Load a YAML file (None = defaults only), apply --set overrides, validate and resolve paths."""
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise ConfigError({str(path): f"cannot read config file: {exc.strerror}"}) from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError({str(path): f"not valid YAML: {exc}"}) from None
+        if not isinstance(raw, dict):
+            raise ConfigError({str(path): "top level must be a mapping of sections"})
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if not isinstance(raw.get(section, {}), dict):
+            raw[section] = {}
+        raw.setdefault(section, {})
+        if raw[section] is None:
+            raw[section] = {}
+        raw[section][key] = value
+    cfg = validate(raw, source=str(path or "config"))
+    return resolve(cfg)
+
+
+def resolve(cfg: dict) -> dict:
+    """Fill derived values: topic templates, the data directory, project-relative model paths."""
+    device_id = cfg["device"]["id"]
+    for key in ("command_topic", "status_topic", "error_topic"):
+        cfg["mqtt"][key] = cfg["mqtt"][key].replace("{device_id}", device_id)
+    if cfg["device"]["data_dir"] is None:
+        state = os.environ.get("STATE_DIRECTORY")
+        cfg["device"]["data_dir"] = state or str(Path.home() / ".local" / "share" / "emotion-edge")
+    for section, key in (("face", "model"), ("face", "metadata"), ("sim", "faces")):
+        value = cfg[section][key]
+        if value is not None and not Path(value).is_absolute():
+            cfg[section][key] = str((PROJECT_ROOT / value).resolve())
+    return cfg
+
+
+def dump(cfg: dict) -> str:
+    """The effective configuration as YAML (what check-config prints)."""
+    return yaml.safe_dump(cfg, sort_keys=False)

@@ -1,0 +1,131 @@
+"""`emotion-edge run`: the service. Detections on button presses and MQTT commands, collect sessions on
+command, a systemd watchdog fed from the main loop, a clean stop on SIGTERM within two seconds."""
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+
+from pi import messages
+from pi.commands import Command, parse_command
+from pi.device import Device
+from pi.errors import CommandError, EmotionEdgeError
+from pi.systemd import notify, watchdog_interval_s
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(self, device: Device):
+        self.device = device
+        self.cfg = device.cfg
+        self.jobs: queue.Queue[Command] = queue.Queue(maxsize=32)
+        self.stop_event = threading.Event()
+        self.session_stop = threading.Event()  # ends a running collect session early
+        self.button = None
+        self.detections = 0
+
+    # -- inputs --------------------------------------------------------------------------------------
+    def on_command(self, payload: bytes) -> None:
+        """MQTT thread: parse, then queue; bad commands go to the error topic and are otherwise ignored."""
+        try:
+            command = parse_command(payload, self.cfg["collect"]["labels"],
+                                    max_window_s=300.0)
+        except CommandError as exc:
+            log.warning("rejected command: %s", exc)
+            self._report_error(str(exc), "command", payload)
+            return
+        if command.kind == "stop":
+            self.session_stop.set()
+            return
+        self._enqueue(command)
+
+    def on_button(self) -> None:
+        log.info("button pressed")
+        self._enqueue(Command("detect"))
+
+    def _enqueue(self, command: Command) -> None:
+        try:
+            self.jobs.put_nowait(command)
+        except queue.Full:
+            self._report_error("busy: 32 jobs already waiting", "command", b"")
+
+    def _report_error(self, error: str, source: str, payload: bytes) -> None:
+        message = messages.error_message(self.device.device_id, self.device.clock.wall(), error, source,
+                                         payload[:200].decode("utf-8", "replace"))
+        try:
+            self.device.publisher.publish(self.cfg["mqtt"]["error_topic"], message)
+        except EmotionEdgeError as exc:
+            log.error("could not report an error event: %s", exc)
+
+    # -- main loop -----------------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop_event.set())
+
+    def attach_button(self) -> None:
+        if not self.cfg["button"]["enabled"]:
+            return
+        from drivers.button import DetectButton
+
+        b = self.cfg["button"]
+        self.button = DetectButton(b["pin"], self.on_button, self.device.hw.pin_factory, b["bounce_s"])
+
+    def run(self, max_seconds: float | None = None) -> None:
+        """Serve until SIGTERM/SIGINT (or `max_seconds` of clock time, for demos and tests)."""
+        self.device.publisher.on_command = self.on_command
+        self.attach_button()
+        self.device.start()
+        notify("READY=1")
+        log.info("emotion-edge running as %s", self.device.device_id)
+        watchdog = watchdog_interval_s()
+        clock = self.device.clock
+        started = clock.monotonic()
+        press_every = self.cfg["sim"]["button_every_s"] if self.device.hw.person is not None else 0
+        next_press = started + press_every if press_every else None
+        try:
+            while not self.stop_event.is_set():
+                if watchdog is not None:
+                    notify("WATCHDOG=1")
+                now = clock.monotonic()
+                if max_seconds is not None and now - started >= max_seconds:
+                    break
+                if next_press is not None and now >= next_press and self.button is not None:
+                    self.button.press()
+                    next_press += press_every
+                try:
+                    command = self.jobs.get(timeout=min(0.2, watchdog or 0.2))
+                except queue.Empty:
+                    continue
+                self._run_job(command)
+        finally:
+            notify("STOPPING=1")
+            if self.button is not None:
+                self.button.close()
+            left = self.device.stop(flush_timeout=1.0)
+            log.info("stopped; %d message(s) were not yet acknowledged by the broker", left)
+
+    def _run_job(self, command: Command) -> None:
+        try:
+            if command.kind == "detect":
+                self.device.detect(command.window_s, command.request_id, stop=self.stop_event)
+                self.detections += 1
+            elif command.kind == "collect":
+                self.session_stop.clear()
+                either = _AnyEvent(self.stop_event, self.session_stop)
+                summary = self.device.collect(command.label, command.duration_s, stop=either)
+                log.info("collect session %s ended: %d records", summary.session_id, summary.records)
+        except EmotionEdgeError as exc:
+            log.error("%s job failed: %s", command.kind, exc)
+            self._report_error(str(exc), command.kind, b"")
+
+
+class _AnyEvent:
+    """Looks like a threading.Event that is set when any of its events is."""
+
+    def __init__(self, *events: threading.Event):
+        self.events = events
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)

@@ -1,0 +1,260 @@
+"""The device: per-second physiology flows from the sampler to whichever sessions are listening.
+
+    drivers -> Sampler (per-second records) -> collect session -> store + iotsensors/train
+                                            -> detection      -> face pipeline + fusion
+                                                               -> iotsensors/infer, iotsensors/infer/result
+The sampler runs continuously while the device is started; sessions subscribe to its records.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pi import fusion, messages
+from pi.errors import CameraError, DegradedWarning, EmotionEdgeError, ModelError
+from pi.hardware import Hardware
+from pi.publisher import MqttPublisher
+from pi.sampler import SecondRecord
+from pi.store import LocalStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CollectSummary:
+    session_id: str
+    label: str
+    records: int
+    pending: int  # messages not yet acknowledged by the broker when the session ended
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def load_face_pipeline(cfg: dict):
+    """The face pipeline, or None with a DegradedWarning when the model is missing or unloadable."""
+    from pi.face import FaceDetector, FacePipeline
+    from pi.fer import ExpressionClassifier
+
+    face = cfg["face"]
+    try:
+        classifier = ExpressionClassifier.from_metadata(face["model"], face["metadata"], face["threads"])
+        return FacePipeline(FaceDetector(face["detect_width"], face["min_face"], face["margin"]), classifier)
+    except ModelError as exc:
+        warnings.warn(f"face model unavailable ({exc}); detections use physiology alone", DegradedWarning,
+                      stacklevel=2)
+        return None
+
+
+class Device:
+    def __init__(self, cfg: dict, hardware: Hardware, publisher: MqttPublisher, store: LocalStore,
+                 face_pipeline=None):
+        self.cfg = cfg
+        self.hw = hardware
+        self.clock = hardware.clock
+        self.publisher = publisher
+        self.store = store
+        self.face = face_pipeline
+        self.device_id = cfg["device"]["id"]
+        self.user = cfg["device"]["user"]
+        self._listeners: list[queue.Queue] = []
+        self._lock = threading.Lock()
+        hardware.sampler.on_second = self._dispatch
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def start(self, broker_wait_s: float = 5.0) -> None:
+        self.publisher.start(broker_wait_s)
+        self.hw.sampler.start()
+
+    def stop(self, flush_timeout: float = 1.0) -> int:
+        """Stop sampling, close the hardware, flush and disconnect; return unacknowledged messages."""
+        self.hw.sampler.stop()
+        left = self.publisher.stop(flush_timeout)
+        self.hw.close()
+        self.store.close()
+        return left
+
+    def _dispatch(self, record: SecondRecord) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for q in listeners:
+            q.put(record)
+
+    def _listen(self) -> queue.Queue:
+        q: queue.Queue = queue.Queue()
+        with self._lock:
+            self._listeners.append(q)
+        return q
+
+    def _unlisten(self, q: queue.Queue) -> None:
+        with self._lock:
+            self._listeners.remove(q)
+
+    def _next_second(self, q: queue.Queue, stop: threading.Event | None, timeout_s: float = 5.0):
+        """The next per-second record, or None if stopped; raises if the sampler has gone silent."""
+        waited = 0.0
+        while not (stop is not None and stop.is_set()):
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                waited += 0.1
+                if waited > timeout_s and not self.hw.sampler.running:
+                    raise EmotionEdgeError("the sampler stopped; no physiology is arriving") from None
+        return None
+
+    def warm_up(self, max_s: float = 6.0) -> None:
+        """Wait (clock time) until the heart-rate estimator has a rate, so a fresh start's first seconds
+        carry a BPM; gives up after `max_s` (no finger, no ear clip) and lets the records say so."""
+        q = self._listen()
+        try:
+            for _ in range(int(max_s)):
+                record = self._next_second(q, None)
+                if record is None or record.bpm is not None:
+                    break
+        finally:
+            self._unlisten(q)
+
+    # -- collect -------------------------------------------------------------------------------------
+    def collect(self, label: str, duration_s: float, stop: threading.Event | None = None) -> CollectSummary:
+        """Publish one labelled record per second for `duration_s` clock seconds (or until `stop`)."""
+        session_id = new_id()
+        log.info("collect session %s: label %s for %g s", session_id, label, duration_s)
+        q = self._listen()
+        seq = 0
+        try:
+            while seq < int(round(duration_s)):
+                record = self._next_second(q, stop)
+                if record is None:
+                    break
+                message = messages.train_record(self.device_id, self.user, session_id, seq, label, record)
+                self.store.add_record(message)
+                self.publisher.publish(self.cfg["mqtt"]["train_topic"], message)
+                seq += 1
+        finally:
+            self._unlisten(q)
+        return CollectSummary(session_id, label, seq, self.publisher.pending)
+
+    # -- detect --------------------------------------------------------------------------------------
+    def _grab_face(self, notes: list[str]):
+        camera = self.hw.camera
+        if camera is None:
+            return None, False
+        try:
+            frame = camera.read()
+        except CameraError as exc:
+            if "camera" not in " ".join(notes):
+                notes.append(f"camera failed: {exc}")
+                log.warning("camera failed during detection: %s; continuing on physiology", exc)
+            return None, False
+        if self.face is None:
+            return None, True
+        return self.face.analyse(frame), True
+
+    def detect(self, window_s: float | None = None, request_id: str | None = None,
+               stop: threading.Event | None = None) -> dict | None:
+        """Sample a window, grab frames, publish the window and the result; return the result message."""
+        window_s = window_s or self.cfg["detect"]["window_s"]
+        request_id = request_id or new_id()
+        n_frames = self.cfg["camera"]["frames_per_window"] if self.hw.camera is not None else 0
+        frame_times = [(k + 0.5) * window_s / n_frames for k in range(n_frames)]
+        log.info("detection %s: %g s window, %d frame(s)", request_id, window_s, n_frames)
+        q = self._listen()
+        seconds: list[SecondRecord] = []
+        notes: list[str] = []
+        face_probs: list[np.ndarray] = []
+        frames = 0
+        start = self.clock.monotonic()
+        try:
+            while len(seconds) < int(round(window_s)):
+                while frame_times and self.clock.monotonic() - start >= frame_times[0]:
+                    frame_times.pop(0)
+                    result, got_frame = self._grab_face(notes)
+                    frames += got_frame
+                    if result is not None and result.probabilities is not None:
+                        face_probs.append(result.probabilities)
+                try:
+                    record = q.get(timeout=0.05)
+                except queue.Empty:
+                    if stop is not None and stop.is_set():
+                        return None
+                    continue
+                seconds.append(record)
+        finally:
+            self._unlisten(q)
+        for _ in frame_times:  # frames scheduled in the last instant of the window
+            result, got_frame = self._grab_face(notes)
+            frames += got_frame
+            if result is not None and result.probabilities is not None:
+                face_probs.append(result.probabilities)
+        return self._conclude(request_id, seconds, frames, face_probs, notes)
+
+    def _conclude(self, request_id, seconds, frames, face_probs, notes) -> dict:
+        summary = summarise(seconds)
+        emotions = self.cfg["detect"]["emotions"]
+        sources: dict[str, np.ndarray] = {}
+        mean_face = np.mean(face_probs, axis=0) if face_probs else None
+        face_classes = self.face.classes if self.face is not None else ()
+        if mean_face is not None:
+            mapped = fusion.face_to_emotions(mean_face, face_classes, emotions)
+            if mapped is not None:
+                sources["face"] = mapped
+        fused = fusion.pool(sources, {"face": 1.0})
+        emotion, confidence = fusion.decide(fused, emotions, self.cfg["detect"]["uncertain_below"])
+        if self.hw.camera is None:
+            notes.append("no camera")
+        elif self.face is None:
+            notes.append("no face model")
+        elif frames and not face_probs:
+            notes.append("no face found in any frame")
+        physiology_ok = summary["skin_conductance_mean"] is not None or summary["bpm_mean"] is not None
+        result = {
+            "emotion": emotion, "confidence": confidence,
+            "basis": "+".join(sources) or "none",
+            "face_available": "face" in sources, "physiology_available": physiology_ok,
+            "frames": frames, "faces_found": len(face_probs),
+            "skin_conductance_mean": summary["skin_conductance_mean"], "bpm_mean": summary["bpm_mean"],
+            "arousal": fusion.arousal_rule(summary["skin_conductance_mean"], summary["bpm_mean"]),
+            "arousal_rule": fusion.AROUSAL_RULE_NAME,
+            "notes": "; ".join(notes) or None,
+        }
+        for i, name in enumerate(emotions):
+            result[f"p_{name}"] = None if fused is None else float(fused[i])
+        window = messages.window_message(self.device_id, self.user, request_id, seconds, summary, frames,
+                                         len(face_probs), self.hw.camera_name)
+        wall = self.clock.wall()
+        result_msg = messages.result_message(self.device_id, self.user, request_id, wall, result, face_classes,
+                                             mean_face)
+        self.store.add_detection(window, result_msg)
+        self.publisher.publish(self.cfg["mqtt"]["infer_topic"], window)
+        self.publisher.publish(self.cfg["mqtt"]["result_topic"], result_msg)
+        log.info("detection %s: %s (confidence %s, basis %s)", request_id, emotion,
+                 None if confidence is None else round(confidence, 3), result["basis"])
+        return result_msg
+
+
+def summarise(seconds: list[SecondRecord]) -> dict:
+    """Window physiology: mean conductance and BPM over the seconds that have them, conductance slope."""
+    scl = [(s.t, s.skin_conductance) for s in seconds if s.skin_conductance is not None]
+    bpm = [s.bpm for s in seconds if s.bpm is not None]
+    slope = None
+    if len(scl) >= 3:
+        t, g = np.array(scl).T
+        slope = float(np.polyfit(t - t[0], g, 1)[0])
+    return {
+        "skin_conductance_mean": float(np.mean([g for _, g in scl])) if scl else None,
+        "bpm_mean": float(np.mean(bpm)) if bpm else None,
+        "skin_conductance_slope": slope,
+        "seconds_ok": sum(s.quality == "ok" for s in seconds),
+    }
+
+
+def open_store(cfg: dict) -> LocalStore:
+    return LocalStore(Path(cfg["device"]["data_dir"]) / "records.sqlite")

@@ -1,0 +1,109 @@
+"""The facial-expression classifier at run time: a TFLite model behind the fixed input contract.
+
+Contract (models/fer.json): one grayscale face of `input_size` x `input_size` raw pixels 0..255 in, seven
+probabilities out in the metadata's class order; normalisation lives inside the graph. An integer input
+tensor is fed through its own scale/zero-point, so float and int8 files are interchangeable.
+
+The interpreter comes from ai_edge_litert, else tflite_runtime, else tensorflow.lite (first found).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pi.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = (("ai_edge_litert.interpreter", "Interpreter"), ("tflite_runtime.interpreter", "Interpreter"),
+            ("tensorflow.lite", "Interpreter"))
+
+
+def load_interpreter_class(preferred: tuple[tuple[str, str], ...] = RUNTIMES):
+    """The first importable TFLite Interpreter class and the module it came from."""
+    missing = []
+    for module_name, attr in preferred:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            missing.append(f"{module_name} ({exc.__class__.__name__})")
+            continue
+        return getattr(module, attr), module_name
+    raise ModelError("no TFLite runtime found; install ai-edge-litert (or tflite-runtime). Tried: "
+                     + ", ".join(missing))
+
+
+def read_metadata(path: str | Path) -> dict:
+    try:
+        meta = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ModelError(f"cannot read model metadata {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"model metadata {path} is not JSON: {exc}") from None
+    for key in ("classes", "input_size"):
+        if key not in meta:
+            raise ModelError(f"model metadata {path} lacks '{key}'")
+    return meta
+
+
+class ExpressionClassifier:
+    """One interpreter per process; `predict(faces)` takes uint8 faces (N, S, S) and returns (N, 7)."""
+
+    def __init__(self, model_path: str | Path, classes: tuple[str, ...], input_size: int = 48,
+                 threads: int = 1):
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise ModelError(f"model file {model_path} not found")
+        interpreter_cls, self.runtime = load_interpreter_class()
+        try:
+            self.interpreter = interpreter_cls(model_path=str(model_path), num_threads=threads)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"cannot load {model_path}: {exc}") from None
+        self.classes = tuple(classes)
+        self.input_size = input_size
+        self.path = model_path
+        self._in = self.interpreter.get_input_details()[0]
+        self._out = self.interpreter.get_output_details()[0]
+        shape = tuple(self._in["shape"])
+        if shape[1:3] != (input_size, input_size) or self._out["shape"][-1] != len(self.classes):
+            raise ModelError(f"{model_path} takes {shape} -> {tuple(self._out['shape'])}, but its metadata "
+                             f"says {input_size}x{input_size} -> {len(self.classes)} classes")
+
+    @classmethod
+    def from_metadata(cls, model_path: str | Path, metadata_path: str | Path, threads: int = 1):
+        meta = read_metadata(metadata_path)
+        return cls(model_path, tuple(meta["classes"]), int(meta["input_size"]), threads)
+
+    def _quantize_input(self, face: np.ndarray) -> np.ndarray:
+        dtype = self._in["dtype"]
+        x = face.astype(np.float32).reshape(self._in["shape"])
+        if np.issubdtype(dtype, np.integer):
+            scale, zero = self._in["quantization"]
+            info = np.iinfo(dtype)
+            return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+        return x.astype(dtype)
+
+    def _dequantize_output(self, y: np.ndarray) -> np.ndarray:
+        if np.issubdtype(self._out["dtype"], np.integer):
+            scale, zero = self._out["quantization"]
+            return (y.astype(np.float32) - zero) * scale
+        return y.astype(np.float32)
+
+    def predict(self, faces: np.ndarray) -> np.ndarray:
+        """Class probabilities for each face (uint8, N x S x S, raw 0..255)."""
+        faces = np.asarray(faces)
+        if faces.ndim == 2:
+            faces = faces[None]
+        if faces.shape[1:] != (self.input_size, self.input_size):
+            raise ValueError(f"faces must be N x {self.input_size} x {self.input_size}, got {faces.shape}")
+        out = np.empty((len(faces), len(self.classes)), np.float32)
+        for i, face in enumerate(faces):
+            self.interpreter.set_tensor(self._in["index"], self._quantize_input(face))
+            self.interpreter.invoke()
+            out[i] = self._dequantize_output(self.interpreter.get_tensor(self._out["index"])[0])
+        return out

@@ -1,0 +1,51 @@
+"""`emotion-edge fer-eval`: accuracy, macro-F1, per-class precision/recall and the confusion matrix of the
+expression model on any .npz in the FER2013 format (images uint8 N x 48 x 48, labels int)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pi.errors import ModelError
+from pi.fer import ExpressionClassifier
+from pi.metrics import report
+
+
+def load_dataset(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        data = np.load(path)
+        images, labels = data["images"], data["labels"].astype(int)
+    except (OSError, KeyError, ValueError) as exc:
+        raise ModelError(f"{path} is not a FER-format .npz with 'images' and 'labels': {exc}") from None
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return images, labels
+
+
+def predict_dataset(classifier: ExpressionClassifier, images: np.ndarray, flip: bool = False) -> np.ndarray:
+    """Probabilities for every image; `flip` averages with the mirrored face (test-time augmentation)."""
+    probs = classifier.predict(images)
+    if flip:
+        probs = (probs + classifier.predict(images[:, :, ::-1])) / 2
+    return probs
+
+
+def evaluate(data: str | Path, model: str | Path, metadata: str | Path, limit: int | None = None,
+             flip: bool = False, threads: int = 1) -> dict:
+    classifier = ExpressionClassifier.from_metadata(model, metadata, threads)
+    images, labels = load_dataset(data, limit)
+    probs = predict_dataset(classifier, images, flip)
+    result = report(labels, probs.argmax(axis=1), classifier.classes)
+    result.update({"model": str(model), "data": str(data), "flip": flip, "runtime": classifier.runtime})
+    return result
+
+
+def format_report(r: dict) -> str:
+    lines = [f"{r['data']}: {r['n']} images, model {Path(r['model']).name} ({r['runtime']})",
+             f"accuracy {r['accuracy']:.4f}   macro-F1 {r['macro_f1']:.4f}", "",
+             f"{'class':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+    for c, m in r["per_class"].items():
+        lines.append(f"{c:<10}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}{m['support']:>10}")
+    lines += ["", "confusion (rows true, columns predicted): " + " ".join(c[:3] for c in r["classes"])]
+    lines += [f"{c[:8]:<10}" + " ".join(f"{v:>5}" for v in row) for c, row in zip(r["classes"], r["confusion"])]
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""Builds the drivers from a validated config: real ones on a Pi, simulated ones with --simulate.
+
+The simulated hat, person, camera and button go through the same driver classes as the real devices;
+only the bus, the pin factory and the camera object differ.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+
+from drivers.camera import OpenCVCamera, Picamera2Camera, SimulatedCamera
+from drivers.grove_adc import GroveBaseHatADC, open_bus
+from drivers.gsr import GsrSensor
+from drivers.heart_rate import BeatRateEstimator
+from drivers.physiology_sim import SimulatedPerson
+from drivers.sim_bus import SimulatedSMBus
+from pi.clock import Clock, SimClock
+from pi.errors import CameraError, DegradedWarning
+from pi.sampler import HeartInput, Sampler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Hardware:
+    clock: Clock
+    bus: object
+    adc: GroveBaseHatADC
+    sampler: Sampler
+    heart: HeartInput
+    camera: object | None
+    camera_name: str
+    pin_factory: object | None
+    person: SimulatedPerson | None = None
+    gpio_beats: object | None = None
+
+    def close(self) -> None:
+        self.sampler.stop()
+        if self.gpio_beats is not None:
+            self.gpio_beats.close()
+        if self.camera is not None:
+            self.camera.close()
+        self.bus.close()
+
+
+def build(cfg: dict, simulate: bool, bus=None, pin_factory=None, camera=None) -> Hardware:
+    """Open (or simulate) the hat, the heart input, the camera and the GPIO pin factory."""
+    sim = cfg["sim"]
+    clock = SimClock(sim["speed"]) if simulate else Clock()
+    gsr = GsrSensor(cfg["gsr"]["no_contact_reading"], cfg["gsr"]["contact_margin"])
+    person = None
+    if simulate:
+        person = SimulatedPerson(sim["emotion"], seed=sim["seed"], bpm=sim["bpm"],
+                                 finger_off_every_s=sim["finger_off_every_s"], gsr=gsr)
+        if bus is None:
+            bus = SimulatedSMBus(address=cfg["i2c"]["address"] or 0x04, clock=clock)
+            person.attach(bus, cfg["gsr"]["channel"], cfg["heart"]["channel"])
+        if pin_factory is None:
+            from gpiozero.pins.mock import MockFactory
+
+            pin_factory = MockFactory()
+    elif bus is None:
+        bus = open_bus(cfg["i2c"]["bus"])
+    adc = GroveBaseHatADC(bus, cfg["i2c"]["address"], retries=cfg["i2c"]["retries"])
+    hc = cfg["heart"]
+    estimator = BeatRateEstimator(hc["min_bpm"], hc["max_bpm"], hc["window_s"])
+    heart = HeartInput(hc["source"], estimator, cfg["sampling"]["rate_hz"], hc["threshold_mv"],
+                       hc["hysteresis_mv"])
+    gpio_beats = None
+    if hc["source"] == "gpio":
+        from drivers.heart_rate import GpioBeatInput
+
+        gpio_beats = GpioBeatInput(hc["gpio_pin"], estimator.add_beat, clock, pin_factory)
+    sampler = Sampler(adc, gsr, heart, clock, cfg["sampling"]["rate_hz"], cfg["gsr"]["channel"], hc["channel"])
+    camera_name = "injected"
+    if camera is None:
+        camera, camera_name = open_camera(cfg, simulate, clock, person)
+    return Hardware(clock, bus, adc, sampler, heart, camera, camera_name, pin_factory, person, gpio_beats)
+
+
+def open_camera(cfg: dict, simulate: bool, clock, person) -> tuple[object | None, str]:
+    """The configured camera, or None (with a DegradedWarning) when there is none to be had."""
+    cam = cfg["camera"]
+    try:
+        if simulate:
+            faces = cfg["sim"]["faces"]
+            if faces is not None and not __import__("os").path.exists(faces):
+                warnings.warn(f"sim.faces {faces} not found; the simulated camera shows an empty scene",
+                              DegradedWarning, stacklevel=2)
+                faces = None
+            return SimulatedCamera(faces, emotion=lambda: person.emotion, width=cam["width"],
+                                   height=cam["height"], seed=cfg["sim"]["seed"]), "simulated"
+        if cam["backend"] == "none":
+            return None, "none"
+        if cam["backend"] == "picamera2":
+            return Picamera2Camera(cam["width"], cam["height"]), "picamera2"
+        return OpenCVCamera(cam["device"], cam["width"], cam["height"]), "opencv"
+    except CameraError as exc:
+        warnings.warn(f"no camera ({exc}); detections use physiology alone", DegradedWarning, stacklevel=2)
+        return None, "none"

@@ -1,0 +1,62 @@
+"""The local store: every training record and detection, per user, in SQLite (WAL), so that personal
+models can be trained on the device without a cloud."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    session_id TEXT NOT NULL, seq INTEGER NOT NULL, user TEXT NOT NULL, label TEXT NOT NULL,
+    timestamp TEXT NOT NULL, skin_conductance REAL, bpm REAL, quality TEXT NOT NULL, message TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq));
+CREATE INDEX IF NOT EXISTS records_user ON records (user, label);
+CREATE TABLE IF NOT EXISTS detections (
+    request_id TEXT PRIMARY KEY, user TEXT NOT NULL, timestamp TEXT NOT NULL,
+    window TEXT NOT NULL, result TEXT NOT NULL);
+"""
+
+
+class LocalStore:
+    """Thread-safe; one connection guarded by a lock (writes are a few per second)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def add_record(self, message: dict) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?,?,?,?)",
+                (message["session_id"], message["seq"], message["user"], message["mood"],
+                 message["timestamp"], message["skin_conductance"], message["bpm"], message["quality"],
+                 json.dumps(message)))
+
+    def add_detection(self, window: dict, result: dict) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO detections VALUES (?,?,?,?,?)",
+                             (result["request_id"], result["user"], result["timestamp"], json.dumps(window),
+                              json.dumps(result)))
+
+    def records(self, user: str | None = None) -> list[dict]:
+        query = "SELECT message FROM records" + (" WHERE user = ?" if user else "") + " ORDER BY session_id, seq"
+        with self._lock:
+            rows = self._db.execute(query, (user,) if user else ()).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def detection(self, request_id: str) -> tuple[dict, dict] | None:
+        with self._lock:
+            row = self._db.execute("SELECT window, result FROM detections WHERE request_id = ?",
+                                   (request_id,)).fetchone()
+        return None if row is None else (json.loads(row[0]), json.loads(row[1]))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -93,6 +93,7 @@ class Sampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.records_emitted = 0
+        self._acc = _SecondAccumulator()
 
     def start(self) -> None:
         self._stop.clear()
@@ -112,25 +113,25 @@ class Sampler:
         start = self.clock.monotonic()
         tick = 0
         second_end = start + 1.0
-        acc = _SecondAccumulator()
         while not self._stop.is_set():
             due = start + tick * self.period
             now = self.clock.monotonic()
             if now - due > self.period:  # we fell behind: skip the missed ticks instead of bunching them
                 missed = int((now - due) / self.period)
-                acc.late += missed
+                self._acc.late += missed
                 tick += missed
                 due = start + tick * self.period
             if self.clock.wait(due - now, self._stop):
                 break
-            self._sample(due, acc)
+            self.sample_once(due)
             tick += 1
             if due + self.period >= second_end - 1e-9:
-                self._emit(second_end, acc)
-                acc = _SecondAccumulator()
+                self.end_second(second_end)
                 second_end += 1.0
 
-    def _sample(self, t: float, acc: "_SecondAccumulator") -> None:
+    def sample_once(self, t: float) -> None:
+        """Take one sample of both channels at clock time `t` (the loop calls this on every tick)."""
+        acc = self._acc
         acc.samples += 1
         try:
             raw = self.adc.read_raw(self.gsr_channel)
@@ -145,7 +146,9 @@ class Sampler:
             acc.i2c_errors += 1
             acc.last_error = str(exc)
 
-    def _emit(self, t: float, acc: "_SecondAccumulator") -> None:
+    def end_second(self, t: float) -> SecondRecord:
+        """Close the second ending at clock time `t`: build its record and hand it to `on_second`."""
+        acc, self._acc = self._acc, _SecondAccumulator()
         if acc.i2c_errors:
             log.warning("I2C: %d failed sample(s) in the last second: %s", acc.i2c_errors, acc.last_error)
         hr = self.heart.estimator.rate(t)
@@ -160,6 +163,7 @@ class Sampler:
                 self.on_second(record)
             except Exception:  # a consumer bug must not stop sampling
                 log.exception("per-second consumer failed")
+        return record
 
 
 class _SecondAccumulator:

@@ -1,0 +1,157 @@
+"""Shared fixtures: a real Mosquitto broker on 127.0.0.1, an MQTT recorder, a manual clock."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+FER_PUBLIC = SHARED / "datasets" / "fer2013" / "fer2013_publictest.npz"
+sys.path.insert(0, str(ROOT))
+
+
+class ManualClock:
+    """A clock the test moves by hand: deterministic sampling without threads or sleeping."""
+
+    speed = 1.0
+
+    def __init__(self, t: float = 0.0, wall0: float = 1_790_000_000.0):
+        self.t = t
+        self.wall0 = wall0
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def wall(self) -> float:
+        return self.wall0 + self.t
+
+    def wait(self, seconds, stop=None) -> bool:
+        self.t += max(0.0, seconds)
+        return bool(stop and stop.is_set())
+
+
+@pytest.fixture
+def manual_clock():
+    return ManualClock()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """A Mosquitto process on 127.0.0.1 that a test can stop and start again on the same port."""
+
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.log = workdir / "mosquitto.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen([exe, "-c", str(self.conf)], stdout=open(self.log, "ab"),
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not start: {self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(5)
+            self.proc = None
+
+
+@pytest.fixture
+def broker(tmp_path):
+    if not (shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")):
+        pytest.fail("mosquitto is not installed (apt-get install -y mosquitto); .ci/run installs it")
+    b = Broker(tmp_path)
+    b.start()
+    yield b
+    b.stop()
+
+
+class Recorder:
+    """Subscribes to topics on the test broker and keeps every message, decoded from JSON."""
+
+    def __init__(self, port: int, topics: list[str]):
+        self.messages: list[tuple[str, dict | bytes]] = []
+        self._cond = threading.Condition()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"recorder-{free_port()}")
+        self._subscribed = threading.Event()
+        self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe([(t, 1) for t in topics])
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert self._subscribed.wait(5), "recorder could not subscribe"
+
+    def _on_message(self, client, userdata, msg):
+        try:
+            payload = json.loads(msg.payload)
+        except ValueError:
+            payload = msg.payload
+        with self._cond:
+            self.messages.append((msg.topic, payload))
+            self._cond.notify_all()
+
+    def on(self, topic: str) -> list:
+        with self._cond:
+            return [p for t, p in self.messages if t == topic]
+
+    def wait_for(self, predicate, timeout: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.2))
+        return True
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(5)
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def recorder(broker):
+    recorders = []
+
+    def make(topics=("iotsensors/#",)):
+        r = Recorder(broker.port, list(topics))
+        recorders.append(r)
+        return r
+
+    yield make
+    for r in recorders:
+        r.close()
+
+
+def run_cli(*args: str, timeout: float = 90, **kwargs) -> subprocess.CompletedProcess:
+    """Run `python -m pi ...` from the project root, as a user would."""
+    return subprocess.run([sys.executable, "-m", "pi", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, **kwargs)

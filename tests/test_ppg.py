@@ -1,0 +1,40 @@
+"""Analog PPG heart rate against HeartPy on the recordings that ship with it (test-only dependency)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drivers.heart_rate import BeatRateEstimator
+from drivers.ppg import PpgBeatDetector, detect_beats
+
+hp = pytest.importorskip("heartpy")
+DATA = Path(hp.__file__).parent / "data"
+
+
+def recordings():
+    yield "data.csv", hp.get_data(str(DATA / "data.csv")), 100.0
+    timer = hp.get_data(str(DATA / "data2.csv"), column_name="timer")
+    yield "data2.csv", hp.get_data(str(DATA / "data2.csv"), column_name="hr"), hp.get_samplerate_mstimer(timer)
+    stamps = hp.get_data(str(DATA / "data3.csv"), column_name="datetime")
+    yield ("data3.csv", hp.get_data(str(DATA / "data3.csv"), column_name="hr"),
+           hp.get_samplerate_datetime(stamps, timeformat="%Y-%m-%d %H:%M:%S.%f"))
+
+
+@pytest.mark.parametrize("name,signal,fs", list(recordings()), ids=lambda v: v if isinstance(v, str) else "")
+def test_streaming_ppg_bpm_within_3_of_heartpy(name, signal, fs):
+    _, measures = hp.process(signal, fs)
+    detector, estimator = PpgBeatDetector(fs), BeatRateEstimator(30, 220, window_s=1e9)
+    for i, value in enumerate(signal):
+        for beat in detector.feed(i / fs, float(value)):
+            estimator.add_beat(beat)
+    ours = estimator.rate(len(signal) / fs).bpm
+    assert ours == pytest.approx(measures["bpm"], abs=3), (name, ours, measures["bpm"])
+
+
+def test_batch_detector_finds_a_clean_synthetic_pulse():
+    fs, bpm = 100.0, 72.0
+    t = np.arange(0, 20, 1 / fs)
+    phase = (t * bpm / 60) % 1
+    signal = 500 + 200 * np.exp(-((phase - 0.2) ** 2) / 0.004) + 60 * np.exp(-((phase - 0.5) ** 2) / 0.01)
+    beats = detect_beats(signal, fs)
+    assert 60 / np.mean(np.diff(beats)) == pytest.approx(bpm, abs=0.5)

@@ -57,17 +57,6 @@ def load_config(args) -> dict:
     return config_mod.load(path, args.overrides)
 
 
-def _make_device(cfg: dict, simulate: bool):
-    from pi.device import Device, load_face_pipeline, open_store
-    from pi.hardware import build
-    from pi.publisher import MqttPublisher
-
-    hardware = build(cfg, simulate)
-    publisher = MqttPublisher(cfg["mqtt"], cfg["device"]["id"], hardware.clock)
-    face = load_face_pipeline(cfg) if hardware.camera is not None else None
-    return Device(cfg, hardware, publisher, open_store(cfg), face)
-
-
 def _finish(device, cfg) -> int:
     """Wait for the broker's acknowledgements, then close; return how many are still waiting."""
     left = device.publisher.flush(cfg["mqtt"]["publish_timeout"])
@@ -85,12 +74,14 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_collect(args) -> int:
+    from pi.device import create
+
     cfg = load_config(args)
     if args.label not in cfg["collect"]["labels"]:
         raise ConfigError({"--label": f"unknown label {args.label!r}; known: {', '.join(cfg['collect']['labels'])}"})
     if args.duration <= 0:
         raise ConfigError({"--duration": "must be positive"})
-    device = _make_device(cfg, args.simulate)
+    device = create(cfg, args.simulate)
     device.start()
     device.warm_up()
     try:
@@ -103,10 +94,12 @@ def cmd_collect(args) -> int:
 
 
 def cmd_detect(args) -> int:
+    from pi.device import create
+
     cfg = load_config(args)
     if args.window is not None and not 1 <= args.window <= 300:
         raise ConfigError({"--window": "must be between 1 and 300 seconds"})
-    device = _make_device(cfg, args.simulate)
+    device = create(cfg, args.simulate)
     device.start()
     device.warm_up()
     try:
@@ -119,9 +112,10 @@ def cmd_detect(args) -> int:
 
 def cmd_run(args) -> int:
     from pi.daemon import Daemon
+    from pi.device import create
 
     cfg = load_config(args)
-    daemon = Daemon(_make_device(cfg, args.simulate))
+    daemon = Daemon(create(cfg, args.simulate))
     daemon.install_signal_handlers()
     daemon.run(args.max_seconds)
     return 0

@@ -258,3 +258,13 @@ def summarise(seconds: list[SecondRecord]) -> dict:
 
 def open_store(cfg: dict) -> LocalStore:
     return LocalStore(Path(cfg["device"]["data_dir"]) / "records.sqlite")
+
+
+def create(cfg: dict, simulate: bool, **hardware_overrides) -> Device:
+    """Wire a Device from a validated config: hardware (real or simulated), MQTT, store, face model."""
+    from pi.hardware import build
+
+    hardware = build(cfg, simulate, **hardware_overrides)
+    publisher = MqttPublisher(cfg["mqtt"], cfg["device"]["id"], hardware.clock)
+    face = load_face_pipeline(cfg) if hardware.camera is not None else None
+    return Device(cfg, hardware, publisher, open_store(cfg), face)

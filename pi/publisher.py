@@ -93,7 +93,8 @@ class MqttPublisher:
             info = self.client.publish(topic, payload, qos=self.qos, retain=retain)
             if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
                 raise PublishError(f"paho refused to queue a message for {topic}: {mqtt.error_string(info.rc)}")
-            if self.qos > 0 and not info.is_published():
+            # NO_CONN: paho keeps the QoS 1 message and sends it after reconnecting
+            if self.qos > 0 and (info.rc == mqtt.MQTT_ERR_NO_CONN or not info.is_published()):
                 self._pending[info.mid] = info
             self.published += 1
 

@@ -1,0 +1,80 @@
+import pytest
+
+from conftest import run_cli
+from pi import config
+from pi.errors import ConfigError
+
+
+def test_defaults_are_valid_and_resolved():
+    cfg = config.load(None)
+    assert cfg["mqtt"]["train_topic"] == "iotsensors/train"
+    assert cfg["mqtt"]["command_topic"] == f"iotsensors/{cfg['device']['id']}/command"
+    assert cfg["sampling"]["rate_hz"] >= 50
+
+
+def test_shipped_config_yaml_is_valid():
+    cfg = config.load(config.PROJECT_ROOT / "config.yaml")
+    assert cfg == config.load(None)  # config.yaml documents exactly the built-in defaults
+
+
+def test_file_sets_only_what_it_changes(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("mqtt:\n  port: 1884\nsim:\n  emotion: angry\n")
+    cfg = config.load(path)
+    assert cfg["mqtt"]["port"] == 1884 and cfg["mqtt"]["host"] == "127.0.0.1"
+    assert cfg["sim"]["emotion"] == "angry" and cfg["gsr"]["channel"] == 0
+
+
+def test_every_problem_is_reported_with_its_dotted_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("mqtt:\n  port: '1883'\n  colour: blue\ngsr:\n  channel: 9\nnonsense: {}\n"
+                    "i2c:\n  address: 0x10\nheart:\n  source: fingertip\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    problems = info.value.problems
+    assert set(problems) == {"mqtt.port", "mqtt.colour", "gsr.channel", "nonsense", "i2c.address",
+                             "heart.source"}
+    assert "expected int" in problems["mqtt.port"]
+    assert "unknown key" in problems["mqtt.colour"]
+    assert "<= 7" in problems["gsr.channel"]
+    assert "0x04" in problems["i2c.address"]
+
+
+def test_cross_field_check(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        config.load(None, ["heart.channel=0"])
+    assert "heart.channel" in info.value.problems
+
+
+def test_set_overrides_parse_yaml_scalars():
+    cfg = config.load(None, ["mqtt.port=18830", "sim.speed=20", "button.enabled=false", "sim.bpm=null"])
+    assert cfg["mqtt"]["port"] == 18830 and cfg["sim"]["speed"] == 20.0
+    assert cfg["button"]["enabled"] is False and cfg["sim"]["bpm"] is None
+
+
+@pytest.mark.parametrize("bad", ["mqtt.port", "port=1", "a.b.c=1"])
+def test_malformed_set_is_an_error(bad):
+    with pytest.raises(ConfigError):
+        config.load(None, [bad])
+
+
+def test_not_yaml_and_not_a_mapping(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("mqtt: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load(p)
+    p.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        config.load(p)
+
+
+def test_cli_exits_2_naming_the_key(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("sampling:\n  rate_hz: fast\n")
+    result = run_cli("check-config", "--config", str(p))
+    assert result.returncode == 2
+    assert "sampling.rate_hz" in result.stderr and "expected float" in result.stderr
+    result = run_cli("collect", "--simulate", "--label", "happy", "--duration", "1", "--set", "mqtt.qos=2")
+    assert result.returncode == 2 and "mqtt.qos" in result.stderr
+    result = run_cli("check-config", "--config", str(tmp_path / "missing.yaml"))
+    assert result.returncode == 2 and "cannot read config file" in result.stderr

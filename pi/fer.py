@@ -20,7 +20,7 @@ from pi.errors import ModelError
 log = logging.getLogger(__name__)
 
 RUNTIMES = (("ai_edge_litert.interpreter", "Interpreter"), ("tflite_runtime.interpreter", "Interpreter"),
-            ("tensorflow.lite", "Interpreter"))
+            ("tensorflow", "lite.Interpreter"))
 
 
 def load_interpreter_class(preferred: tuple[tuple[str, str], ...] = RUNTIMES):
@@ -32,7 +32,10 @@ def load_interpreter_class(preferred: tuple[tuple[str, str], ...] = RUNTIMES):
         except ImportError as exc:
             missing.append(f"{module_name} ({exc.__class__.__name__})")
             continue
-        return getattr(module, attr), module_name
+        target = module
+        for part in attr.split("."):
+            target = getattr(target, part)
+        return target, module_name
     raise ModelError("no TFLite runtime found; install ai-edge-litert (or tflite-runtime). Tried: "
                      + ", ".join(missing))
 

@@ -98,6 +98,7 @@ class SimulatedCamera:
         self._files: list[Path] = []
         self._video = None
         self.last_label: str | None = None
+        self.last_box: tuple[int, int, int, int] | None = None  # where the last face was pasted (x, y, w, h)
         if source is not None:
             path = Path(source)
             if not path.exists():
@@ -132,7 +133,7 @@ class SimulatedCamera:
         frame = self._scene()
         emotion = self.emotion()
         if self.classes is None or emotion not in self.classes:
-            self.last_label = None
+            self.last_label = self.last_box = None
             return frame
         candidates = np.flatnonzero(self._labels == self.classes.index(emotion))
         face = self._images[int(self.rng.choice(candidates))]
@@ -142,6 +143,7 @@ class SimulatedCamera:
         left = int(self.rng.integers(0, self.width - side))
         frame[top:top + side, left:left + side] = face[..., None]
         self.last_label = emotion
+        self.last_box = (left, top, side, side)
         return frame
 
     def read(self) -> np.ndarray:

@@ -31,6 +31,7 @@ class MqttPublisher:
         self.qos = mqtt_cfg["qos"]
         self.connected = threading.Event()
         self._pending: dict[int, mqtt.MQTTMessageInfo] = {}
+        self._acked_early: set[int] = set()
         self._lock = threading.Lock()
         self.published = 0
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id,
@@ -81,7 +82,8 @@ class MqttPublisher:
 
     def _on_publish(self, client, userdata, mid, reason_code=None, properties=None):
         with self._lock:
-            self._pending.pop(mid, None)
+            if self._pending.pop(mid, None) is None:
+                self._acked_early.add(mid)  # PUBACK overtook publish()'s bookkeeping
 
     # -- publishing ----------------------------------------------------------------------------------
     def publish(self, topic: str, message: dict, retain: bool = False) -> None:
@@ -89,14 +91,18 @@ class MqttPublisher:
         if len(payload) > MAX_PAYLOAD:
             raise PublishError(f"{message.get('type', 'message')} for {topic} is {len(payload)} bytes, over "
                                f"the {MAX_PAYLOAD}-byte limit")
+        # Not under self._lock: paho calls _on_publish while holding its own lock (lock-order inversion).
+        info = self.client.publish(topic, payload, qos=self.qos, retain=retain)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            raise PublishError(f"paho refused to queue a message for {topic}: {mqtt.error_string(info.rc)}")
         with self._lock:
-            info = self.client.publish(topic, payload, qos=self.qos, retain=retain)
-            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-                raise PublishError(f"paho refused to queue a message for {topic}: {mqtt.error_string(info.rc)}")
-            # NO_CONN: paho keeps the QoS 1 message and sends it after reconnecting
-            if self.qos > 0 and (info.rc == mqtt.MQTT_ERR_NO_CONN or not info.is_published()):
-                self._pending[info.mid] = info
             self.published += 1
+            # NO_CONN: paho keeps the QoS 1 message and sends it after reconnecting
+            if self.qos > 0:
+                if info.mid in self._acked_early:
+                    self._acked_early.discard(info.mid)
+                else:
+                    self._pending[info.mid] = info
 
     @property
     def pending(self) -> int:

@@ -1,0 +1,150 @@
+"""The face half on the shipped model: runtime fallback chain, real TFLite inference, real OpenCV Haar."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import FER_PUBLIC, ROOT, run_cli
+from drivers.camera import SimulatedCamera
+from pi import config
+from pi.errors import CameraError, ModelError
+from pi.face import FaceDetector, FacePipeline
+from pi.fer import ExpressionClassifier, load_interpreter_class, read_metadata
+
+MODEL = ROOT / "models" / "fer_int8.tflite"
+META = ROOT / "models" / "fer.json"
+needs_data = pytest.mark.skipif(not FER_PUBLIC.exists(), reason="../shared FER2013 PublicTest not present")
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return ExpressionClassifier.from_metadata(MODEL, META, threads=1)
+
+
+def test_runtime_fallback_chain():
+    cls, name = load_interpreter_class((("no_such_runtime.interpreter", "Interpreter"),
+                                        ("ai_edge_litert.interpreter", "Interpreter")))
+    assert name == "ai_edge_litert.interpreter" and cls.__name__ == "Interpreter"
+    with pytest.raises(ModelError, match="no TFLite runtime found.*no_such_runtime"):
+        load_interpreter_class((("no_such_runtime.interpreter", "Interpreter"),))
+
+
+def test_shipped_model_matches_its_metadata(classifier):
+    meta = read_metadata(META)
+    assert classifier.classes == ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+    assert meta["input_size"] == 48 and MODEL.stat().st_size <= 3 * 1024 * 1024
+    assert classifier._in["dtype"] == np.int8  # full-integer model
+    q = meta["int8_input_quantization"]
+    assert (q["scale"], q["zero_point"]) == tuple(classifier._in["quantization"])
+    probs = classifier.predict(np.full((2, 48, 48), 128, np.uint8))
+    assert probs.shape == (2, 7) and np.allclose(probs.sum(axis=1), 1, atol=0.05)
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        ExpressionClassifier(tmp_path / "nope.tflite", ("a",))
+
+
+@needs_data
+def test_500_publictest_images_reproduce_the_recorded_accuracy(classifier):
+    data = np.load(FER_PUBLIC)
+    pick = np.random.default_rng(0).choice(len(data["labels"]), 500, replace=False)  # the file is sorted by class
+    images, labels = data["images"][pick], data["labels"][pick].astype(int)
+    accuracy = float(np.mean(classifier.predict(images).argmax(1) == labels))
+    recorded = read_metadata(META)["publictest"]["int8"]["accuracy"]
+    # 500 images: the binomial standard error is ~2.2 points; allow 3 of them either way
+    assert abs(accuracy - recorded) < 0.066, (accuracy, recorded)
+    majority = np.bincount(labels).max() / len(labels)
+    assert accuracy > majority + 0.2  # far above always answering the commonest class
+
+
+@needs_data
+def test_face_is_found_in_a_synthetic_frame():
+    camera = SimulatedCamera(FER_PUBLIC, emotion=lambda: "happy", seed=5)
+    detector = FaceDetector()
+    hits = 0
+    for _ in range(20):
+        frame = camera.read()
+        gray = frame[..., 0]
+        box, _ = detector.find(gray)
+        if box is None:
+            continue
+        hits += 1
+        x, y, w, h = box
+        tx, ty, tw, th = camera.last_box
+        # the box is centred on the pasted face and about its size (Haar boxes include some forehead/chin)
+        assert tx <= x + w / 2 <= tx + tw and ty <= y + h / 2 <= ty + th, (box, camera.last_box)
+        assert 0.5 * tw <= w <= 1.5 * tw, (box, camera.last_box)
+    assert hits >= 14  # Haar misses some FER faces (profiles, occlusions); most are found
+
+
+def test_no_face_is_an_outcome_not_a_guess(classifier):
+    camera = SimulatedCamera(None, seed=1)  # an empty textured scene
+    pipeline = FacePipeline(FaceDetector(), classifier)
+    result = pipeline.analyse(camera.read())
+    assert result.box is None and result.probabilities is None
+
+
+def test_crop_pads_at_the_frame_edge():
+    detector = FaceDetector(margin=0.2)
+    gray = np.zeros((100, 100), np.uint8)
+    face = detector.crop(gray, (80, 80, 20, 20), 48)
+    assert face.shape == (48, 48)
+
+
+@needs_data
+def test_detection_uses_the_face(broker, tmp_path):
+    from pi.device import create
+
+    cfg = config.load(None, [f"mqtt.port={broker.port}", "sim.speed=20", f"device.data_dir={tmp_path}",
+                             "sim.emotion=happy", "camera.frames_per_window=8", "sim.seed=3"])
+    device = create(cfg, simulate=True)
+    device.start()
+    try:
+        result = device.detect(4)
+    finally:
+        device.stop()
+    assert result["face_available"] and result["faces_found"] >= 4
+    assert result["basis"] == "face"
+    face = {c: result[f"face_{c}"] for c in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")}
+    assert max(face, key=face.get) == "happy"
+    assert result["emotion"] in ("happy", "uncertain")
+
+
+@needs_data
+def test_camera_vanishing_mid_run_leaves_physiology(broker, tmp_path):
+    from pi.device import create
+
+    cfg = config.load(None, [f"mqtt.port={broker.port}", "sim.speed=20", f"device.data_dir={tmp_path}"])
+    device = create(cfg, simulate=True)
+    device.start()
+    try:
+        device.hw.camera.vanish()
+        result = device.detect(3)
+    finally:
+        device.stop()
+    assert not result["face_available"] and result["physiology_available"]
+    assert result["emotion"] == "unknown" and "camera failed" in result["notes"]
+    assert result["bpm_mean"] is not None
+
+
+def test_simulated_camera_source_errors(tmp_path):
+    with pytest.raises(CameraError, match="does not exist"):
+        SimulatedCamera(tmp_path / "missing.npz")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CameraError, match="no .png"):
+        SimulatedCamera(tmp_path / "empty")
+
+
+@needs_data
+def test_fer_eval_cli_reports_metrics(tmp_path):
+    data = np.load(FER_PUBLIC)
+    small = tmp_path / "small.npz"
+    pick = np.random.default_rng(1).choice(len(data["labels"]), 120, replace=False)
+    np.savez(small, images=data["images"][pick], labels=data["labels"][pick])
+    result = run_cli("fer-eval", str(small), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["n"] == 120 and 0 <= report["accuracy"] <= 1 and 0 <= report["macro_f1"] <= 1
+    assert len(report["confusion"]) == 7 and sum(map(sum, report["confusion"])) == 120
+    assert set(report["per_class"]["happy"]) == {"precision", "recall", "f1", "support"}

@@ -125,7 +125,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "threads": Field("int", 1, "interpreter threads", min=1, max=4),
         "detect_width": Field("int", 320, "frames are downscaled to this width for Haar detection",
                               min=80, max=4096),
-        "min_face": Field("int", 32, "smallest face side in pixels at detection scale", min=12, max=1000),
+        "min_face": Field("int", 48, "smallest face side in pixels at detection scale (48 at width 320 is "
+                          "96 px of a 640x480 frame, a face about 1 m away)", min=12, max=1000),
+        "scale_factor": Field("float", 1.1, "Haar image-pyramid step", min=1.01, max=2.0),
         "margin": Field("float", 0.1, "margin added around the detected face box", min=0, max=1),
     },
     "button": {

@@ -47,7 +47,8 @@ def load_face_pipeline(cfg: dict):
     face = cfg["face"]
     try:
         classifier = ExpressionClassifier.from_metadata(face["model"], face["metadata"], face["threads"])
-        return FacePipeline(FaceDetector(face["detect_width"], face["min_face"], face["margin"]), classifier)
+        return FacePipeline(FaceDetector(face["detect_width"], face["min_face"], face["margin"],
+                                         face["scale_factor"]), classifier)
     except ModelError as exc:
         warnings.warn(f"face model unavailable ({exc}); detections use physiology alone", DegradedWarning,
                       stacklevel=2)

@@ -33,12 +33,14 @@ def _cascade(name: str) -> cv2.CascadeClassifier:
 
 
 class FaceDetector:
-    def __init__(self, detect_width: int = 320, min_face: int = 32, margin: float = 0.1):
+    def __init__(self, detect_width: int = 320, min_face: int = 48, margin: float = 0.1,
+                 scale_factor: float = 1.1):
         self.frontal = _cascade("haarcascade_frontalface_default.xml")
         self.profile = _cascade("haarcascade_profileface.xml")
         self.detect_width = detect_width
         self.min_face = min_face
         self.margin = margin
+        self.scale_factor = scale_factor
 
     def find(self, gray: np.ndarray) -> tuple[tuple[int, int, int, int] | None, str | None]:
         """The largest face's (x, y, w, h) in `gray`'s coordinates, and the cascade that found it."""
@@ -46,11 +48,12 @@ class FaceDetector:
         small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
         small = cv2.equalizeHist(small)
         size = (self.min_face, self.min_face)
-        found, name = self.frontal.detectMultiScale(small, 1.1, 5, minSize=size), "frontal"
+        found, name = self.frontal.detectMultiScale(small, self.scale_factor, 5, minSize=size), "frontal"
         if len(found) == 0:
-            found, name = self.profile.detectMultiScale(small, 1.1, 5, minSize=size), "profile"
+            found, name = self.profile.detectMultiScale(small, self.scale_factor, 5, minSize=size), "profile"
             if len(found) == 0:
-                flipped = self.profile.detectMultiScale(cv2.flip(small, 1), 1.1, 5, minSize=size)
+                flipped = self.profile.detectMultiScale(cv2.flip(small, 1), self.scale_factor, 5,
+                                                       minSize=size)
                 found = [(small.shape[1] - x - w, y, w, h) for x, y, w, h in flipped]
         if len(found) == 0:
             return None, None

@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from pi import config as config_mod
@@ -40,6 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, required=True, help="seconds")
     p = sub.add_parser("check-config", help="validate and print the effective config")
     _common(p)
+    p = sub.add_parser("fit", help="train the user's personal physiology model (leave-one-session-out)")
+    _common(p)
+    p.add_argument("--user", default=None, help="the wearer (default: device.user)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p = sub.add_parser("feedback", help="a carer's correction of a result")
+    _common(p)
+    p.add_argument("request_id")
+    p.add_argument("label")
+    p.add_argument("--user", default=None)
+    p = sub.add_parser("rollback", help="install an earlier personal model version")
+    _common(p)
+    p.add_argument("version", type=int)
+    p.add_argument("--user", default=None)
     p = sub.add_parser("fer-eval", help="evaluate the expression model on a dataset .npz")
     p.add_argument("data", type=Path)
     p.add_argument("--model", type=Path, default=None, help="TFLite file (default: the configured model)")
@@ -131,8 +145,58 @@ def cmd_fer_eval(args) -> int:
     return 0
 
 
+def _personal(args):
+    from pi.device import open_store
+    from pi.physio_model import ModelRegistry
+
+    if args.user:
+        args.overrides.append(f"device.user={args.user}")
+    cfg = load_config(args)
+    return cfg, open_store(cfg), ModelRegistry(cfg["device"]["data_dir"], cfg["device"]["user"])
+
+
+def cmd_fit(args) -> int:
+    from pi.physio_model import fit_user
+
+    cfg, store, registry = _personal(args)
+    report, _ = fit_user(store.records(cfg["device"]["user"]), registry)
+    report["user"] = cfg["device"]["user"]
+    if args.json:
+        print(json.dumps(report))
+    elif "accuracy" in report:
+        print(f"user {report['user']}: {report['samples']} seconds in {report['sessions']} sessions, classes "
+              f"{', '.join(report['classes'])} (baseline from {report['baseline_source']})")
+        print(f"leave-one-session-out accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f} "
+              f"(majority class: {report['majority_accuracy']:.3f} / {report['majority_macro_f1']:.3f})")
+        print("confusion (rows true):")
+        for name, row in zip(report["classes"], report["confusion"]):
+            print(f"  {name:<10}" + " ".join(f"{v:>6}" for v in row))
+    print(f"installed version {report['version']}" if report.get("installed") else
+          f"not installed: {report.get('reason')}", file=sys.stderr)
+    return 0 if report.get("installed") else 1
+
+
+def cmd_feedback(args) -> int:
+    from pi.personalise import apply_feedback
+
+    cfg, store, registry = _personal(args)
+    print(json.dumps(apply_feedback(cfg, store, registry, args.request_id, args.label, time.time())))
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    cfg, store, registry = _personal(args)
+    try:
+        registry.install(args.version)
+    except FileNotFoundError as exc:
+        raise ConfigError({"version": f"{exc}; available: {registry.versions()}"}) from None
+    print(json.dumps({"user": cfg["device"]["user"], "installed": args.version}))
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "detect": cmd_detect, "collect": cmd_collect, "check-config": cmd_check_config,
-            "fer-eval": cmd_fer_eval}
+            "fer-eval": cmd_fer_eval,
+            "fit": cmd_fit, "feedback": cmd_feedback, "rollback": cmd_rollback}
 
 
 def main(argv: list[str] | None = None) -> int:

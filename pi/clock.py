@@ -45,3 +45,21 @@ class SimClock(Clock):
 
     def wall(self) -> float:
         return self._wall0 + self.monotonic()
+
+
+class ManualClock(Clock):
+    """Time moves only when told (`t` is settable): offline simulation and deterministic tests."""
+
+    def __init__(self, t: float = 0.0, wall0: float = 1_790_000_000.0):
+        self.t = t
+        self.wall0 = wall0
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def wall(self) -> float:
+        return self.wall0 + self.t
+
+    def wait(self, seconds: float, stop: threading.Event | None = None) -> bool:
+        self.t += max(0.0, seconds)
+        return bool(stop and stop.is_set())

@@ -3,6 +3,8 @@
     {"command": "detect", "window_s": 10, "request_id": "optional-id"}
     {"command": "collect", "label": "happy", "duration_s": 60}
     {"command": "stop"}            # ends a running collect session early
+and, on the feedback topic, a carer's correction of a result:
+    {"request_id": "id-of-the-result", "label": "sad"}
 """
 from __future__ import annotations
 
@@ -70,3 +72,30 @@ def parse_command(payload: bytes, labels: list[str], max_window_s: float = 300.0
             raise CommandError("'duration_s' is required for collect")
         return Command("collect", label=label, duration_s=duration)
     return Command("stop")
+
+
+@dataclass(frozen=True)
+class Feedback:
+    request_id: str
+    label: str
+
+
+def parse_feedback(payload: bytes, labels: list[str]) -> Feedback:
+    """A carer's correction: {"request_id": "...", "label": "sad"}; raise CommandError naming the problem."""
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise CommandError(f"feedback is {len(payload)} bytes; the limit is {MAX_COMMAND_BYTES}")
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CommandError(f"feedback is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise CommandError(f"feedback must be a JSON object, got {type(obj).__name__}")
+    unknown = set(obj) - {"request_id", "label"}
+    if unknown:
+        raise CommandError(f"unknown field(s) in feedback: {', '.join(sorted(map(str, unknown)))}")
+    request_id, label = obj.get("request_id"), obj.get("label")
+    if not isinstance(request_id, str) or not REQUEST_ID_RE.match(request_id):
+        raise CommandError("'request_id' is required: 1-64 characters of letters, digits, _ . -")
+    if not isinstance(label, str) or label not in labels:
+        raise CommandError(f"'label' must be one of {', '.join(labels)}; got {label!r}")
+    return Feedback(request_id, label)

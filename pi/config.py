@@ -82,6 +82,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
                               check=_topic),
         "error_topic": Field("str", "iotsensors/{device_id}/error", "rejected commands and faults",
                              check=_topic),
+        "feedback_topic": Field("str", "iotsensors/{device_id}/feedback", "carer corrections of results",
+                                check=_topic),
         "publish_timeout": Field("float", 10.0, "seconds to wait for PUBACKs before exiting", min=0.1, max=600),
         "reconnect_max_delay": Field("float", 30.0, "upper bound of the reconnect back-off", min=1, max=600),
     },
@@ -145,6 +147,16 @@ SCHEMA: dict[str, dict[str, Field]] = {
                           check=_label_list),
         "uncertain_below": Field("float", 0.4, "confidence under which the result is 'uncertain'",
                                  min=0, max=1),
+    },
+    "fusion": {
+        "face_weight": Field("float", 1.0, "weight of the face model in log-linear pooling", min=0, max=10),
+        "physiology_weight": Field("float", 1.0, "weight of the personal physiology model", min=0, max=10),
+    },
+    "feedback": {
+        "min_examples": Field("int", 6, "corrections needed before the first refit", min=3, max=10000),
+        "refit_every": Field("int", 3, "refit after this many new corrections", min=1, max=10000),
+        "holdout_fraction": Field("float", 0.34, "newest share of corrections held out to judge a refit",
+                                  min=0.1, max=0.5),
     },
     "sim": {
         "emotion": Field("str", "neutral", "what the simulated person feels", choices=FER_CLASSES),
@@ -286,7 +298,7 @@ def load(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> di
 def resolve(cfg: dict) -> dict:
     """Fill derived values: topic templates, the data directory, project-relative model paths."""
     device_id = cfg["device"]["id"]
-    for key in ("command_topic", "status_topic", "error_topic"):
+    for key in ("command_topic", "status_topic", "error_topic", "feedback_topic"):
         cfg["mqtt"][key] = cfg["mqtt"][key].replace("{device_id}", device_id)
     if cfg["device"]["data_dir"] is None:
         state = os.environ.get("STATE_DIRECTORY")

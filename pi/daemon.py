@@ -8,7 +8,7 @@ import signal
 import threading
 
 from pi import messages
-from pi.commands import Command, parse_command
+from pi.commands import Command, Feedback, parse_command, parse_feedback
 from pi.device import Device
 from pi.errors import CommandError, EmotionEdgeError
 from pi.systemd import notify, watchdog_interval_s
@@ -20,7 +20,7 @@ class Daemon:
     def __init__(self, device: Device):
         self.device = device
         self.cfg = device.cfg
-        self.jobs: queue.Queue[Command] = queue.Queue(maxsize=32)
+        self.jobs: queue.Queue[Command | Feedback] = queue.Queue(maxsize=32)
         self.stop_event = threading.Event()
         self.session_stop = threading.Event()  # ends a running collect session early
         self.button = None
@@ -40,6 +40,16 @@ class Daemon:
             self.session_stop.set()
             return
         self._enqueue(command)
+
+    def on_feedback(self, payload: bytes) -> None:
+        """MQTT thread: a correction is validated here and applied in the job loop (one writer)."""
+        try:
+            feedback = parse_feedback(payload, self.cfg["detect"]["emotions"])
+        except CommandError as exc:
+            log.warning("rejected feedback: %s", exc)
+            self._report_error(str(exc), "feedback", payload)
+            return
+        self._enqueue(feedback)
 
     def on_button(self) -> None:
         log.info("button pressed")
@@ -74,7 +84,8 @@ class Daemon:
 
     def run(self, max_seconds: float | None = None) -> None:
         """Serve until SIGTERM/SIGINT (or `max_seconds` of clock time, for demos and tests)."""
-        self.device.publisher.on_command = self.on_command
+        self.device.publisher.handlers.update({self.cfg["mqtt"]["command_topic"]: self.on_command,
+                                               self.cfg["mqtt"]["feedback_topic"]: self.on_feedback})
         self.attach_button()
         self.device.start()
         notify("READY=1")
@@ -106,9 +117,12 @@ class Daemon:
             left = self.device.stop(flush_timeout=1.0)
             log.info("stopped; %d message(s) were not yet acknowledged by the broker", left)
 
-    def _run_job(self, command: Command) -> None:
+    def _run_job(self, command: Command | Feedback) -> None:
         try:
-            if command.kind == "detect":
+            if isinstance(command, Feedback):
+                report = self.device.apply_feedback(command.request_id, command.label)
+                log.info("feedback for %s: %s", command.request_id, report)
+            elif command.kind == "detect":
                 self.device.detect(command.window_s, command.request_id, stop=self.stop_event)
                 self.detections += 1
             elif command.kind == "collect":
@@ -117,8 +131,9 @@ class Daemon:
                 summary = self.device.collect(command.label, command.duration_s, stop=either)
                 log.info("collect session %s ended: %d records", summary.session_id, summary.records)
         except EmotionEdgeError as exc:
-            log.error("%s job failed: %s", command.kind, exc)
-            self._report_error(str(exc), command.kind, b"")
+            kind = getattr(command, "kind", "feedback")
+            log.error("%s job failed: %s", kind, exc)
+            self._report_error(str(exc), kind, b"")
 
 
 class _AnyEvent:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pi import fusion, messages
+from pi import fusion, messages, physio_model
+from pi.personalise import apply_feedback, fused_distribution
 from pi.errors import CameraError, DegradedWarning, EmotionEdgeError, ModelError
 from pi.hardware import Hardware
 from pi.publisher import MqttPublisher
@@ -66,6 +67,7 @@ class Device:
         self.face = face_pipeline
         self.device_id = cfg["device"]["id"]
         self.user = cfg["device"]["user"]
+        self.registry = physio_model.ModelRegistry(cfg["device"]["data_dir"], self.user)
         self._listeners: list[queue.Queue] = []
         self._lock = threading.Lock()
         hardware.sampler.on_second = self._dispatch
@@ -143,6 +145,15 @@ class Device:
             self._unlisten(q)
         return CollectSummary(session_id, label, seq, self.publisher.pending)
 
+    # -- personal models ---------------------------------------------------------------------------
+    def fit(self) -> tuple[dict, object]:
+        """Train the user's physiology model on their sessions; install it if it beats the majority class."""
+        return physio_model.fit_user(self.store.records(self.user), self.registry)
+
+    def apply_feedback(self, request_id: str, label: str) -> dict:
+        """Record a carer's correction and, when enough have come, refit (installing only improvements)."""
+        return apply_feedback(self.cfg, self.store, self.registry, request_id, label, self.clock.wall())
+
     # -- detect --------------------------------------------------------------------------------------
     def _grab_face(self, notes: list[str]):
         camera = self.hw.camera
@@ -200,14 +211,14 @@ class Device:
     def _conclude(self, request_id, seconds, frames, face_probs, notes) -> dict:
         summary = summarise(seconds)
         emotions = self.cfg["detect"]["emotions"]
-        sources: dict[str, np.ndarray] = {}
-        mean_face = np.mean(face_probs, axis=0) if face_probs else None
         face_classes = self.face.classes if self.face is not None else ()
-        if mean_face is not None:
-            mapped = fusion.face_to_emotions(mean_face, face_classes, emotions)
-            if mapped is not None:
-                sources["face"] = mapped
-        fused = fusion.pool(sources, {"face": 1.0})
+        mean_face = np.mean(face_probs, axis=0) if face_probs else None
+        face = fusion.to_emotions(mean_face, face_classes, emotions) if mean_face is not None else None
+        tail = seconds[-physio_model.WINDOW_S:]
+        features = physio_model.window_features([s.skin_conductance for s in tail], [s.bpm for s in tail])
+        model = self.registry.current()
+        weights = {"face": self.cfg["fusion"]["face_weight"], "physiology": self.cfg["fusion"]["physiology_weight"]}
+        fused, sources = fused_distribution(face, features, model, emotions, weights)
         emotion, confidence = fusion.decide(fused, emotions, self.cfg["detect"]["uncertain_below"])
         if self.hw.camera is None:
             notes.append("no camera")
@@ -215,11 +226,14 @@ class Device:
             notes.append("no face model")
         elif frames and not face_probs:
             notes.append("no face found in any frame")
+        if model is None:
+            notes.append("no personal physiology model yet (emotion-edge fit)")
         physiology_ok = summary["skin_conductance_mean"] is not None or summary["bpm_mean"] is not None
         result = {
             "emotion": emotion, "confidence": confidence,
             "basis": "+".join(sources) or "none",
             "face_available": "face" in sources, "physiology_available": physiology_ok,
+            "physiology_model_version": model.version if model is not None else None,
             "frames": frames, "faces_found": len(face_probs),
             "skin_conductance_mean": summary["skin_conductance_mean"], "bpm_mean": summary["bpm_mean"],
             "arousal": fusion.arousal_rule(summary["skin_conductance_mean"], summary["bpm_mean"]),
@@ -228,6 +242,10 @@ class Device:
         }
         for i, name in enumerate(emotions):
             result[f"p_{name}"] = None if fused is None else float(fused[i])
+            physio = sources.get("physiology")
+            result[f"physio_{name}"] = None if physio is None else float(physio[i])
+        for name, value in zip(physio_model.FEATURES, features if features is not None else [None] * 5):
+            summary[f"feature_{name}"] = None if value is None else float(value)
         window = messages.window_message(self.device_id, self.user, request_id, seconds, summary, frames,
                                          len(face_probs), self.hw.camera_name)
         wall = self.clock.wall()

@@ -14,18 +14,26 @@ import numpy as np
 EPS = 1e-6
 
 
-def face_to_emotions(probabilities: Sequence[float], face_classes: Sequence[str],
-                     emotions: Sequence[str]) -> np.ndarray | None:
-    """Restrict the face model's classes to the configured emotions and renormalise.
+def to_emotions(probabilities: Sequence[float], classes: Sequence[str],
+                emotions: Sequence[str]) -> np.ndarray | None:
+    """Express a source's distribution over its own classes as one over the configured emotions.
 
-    Classes outside the set (say fear or disgust when the set is happy/sad/angry/neutral) are dropped, as
-    the person is known to be in one of the configured states. None when no emotion is a face class.
+    Classes outside the set (fear or disgust when the set is happy/sad/angry/neutral) are dropped, as the
+    person is known to be in one of the configured states; an emotion the source does not know gets an
+    uninformative share (the mean), so pooling leaves that emotion to the other sources. None when the
+    source knows none of the emotions.
     """
-    index = {c: i for i, c in enumerate(face_classes)}
-    picked = np.array([probabilities[index[e]] if e in index else 0.0 for e in emotions], dtype=float)
-    if not any(e in index for e in emotions) or picked.sum() <= 0:
+    index = {c: i for i, c in enumerate(classes)}
+    known = [e for e in emotions if e in index]
+    if not known:
         return None
-    return picked / picked.sum()
+    picked = np.array([probabilities[index[e]] for e in known], dtype=float)
+    if picked.sum() <= 0:
+        return None
+    picked = picked / picked.sum() * len(known) / len(emotions)
+    filler = 1.0 / len(emotions)
+    out = np.array([picked[known.index(e)] if e in index else filler for e in emotions])
+    return out / out.sum()
 
 
 def pool(sources: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray | None:

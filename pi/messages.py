@@ -44,7 +44,8 @@ def window_message(device_id: str, user: str, request_id: str, seconds: Sequence
         "started": iso_utc(seconds[0].wall - 1.0) if seconds else None,
         "ended": iso_utc(seconds[-1].wall) if seconds else None,
         "window_s": len(seconds),
-        **{k: _round(v, 4) if isinstance(v, float) else v for k, v in summary.items()},
+        **{k: _round(v, 6 if k.startswith("feature_") else 4) if isinstance(v, float) else v
+           for k, v in summary.items()},
         "skin_conductance_series": [_round(s.skin_conductance, 4) for s in seconds],
         "bpm_series": [_round(s.bpm, 1) for s in seconds],
         "quality_series": [s.quality for s in seconds],

@@ -1,5 +1,5 @@
 """MQTT over paho-mqtt 2.x: QoS 1 publishing, a retained online/offline status with a last will, and the
-command subscription (renewed on every reconnect: paho does not restore subscriptions by itself).
+subscriptions of `handlers` (renewed on every reconnect: paho does not restore subscriptions by itself).
 
 The connection is made in the background with paho's own reconnect back-off, so a broker that is down at
 start-up or goes away later costs no accepted message: paho queues QoS 1 messages in memory until it is
@@ -23,11 +23,11 @@ MAX_PAYLOAD = 128 * 1024  # AWS IoT Core's limit; a useful bound for any broker
 
 
 class MqttPublisher:
-    def __init__(self, mqtt_cfg: dict, device_id: str, clock, on_command: Callable[[bytes], None] | None = None):
+    def __init__(self, mqtt_cfg: dict, device_id: str, clock):
         self.cfg = mqtt_cfg
         self.device_id = device_id
         self.clock = clock
-        self.on_command = on_command
+        self.handlers: dict[str, Callable[[bytes], None]] = {}  # topic -> handler, set before start()
         self.qos = mqtt_cfg["qos"]
         self.connected = threading.Event()
         self._pending: dict[int, mqtt.MQTTMessageInfo] = {}
@@ -66,8 +66,8 @@ class MqttPublisher:
             return
         log.info("MQTT connected to %s:%s", self.cfg["host"], self.cfg["port"])
         self.connected.set()
-        if self.on_command is not None:
-            client.subscribe(self.cfg["command_topic"], qos=1)
+        if self.handlers:
+            client.subscribe([(topic, 1) for topic in self.handlers])
         status = status_message(self.device_id, "online", self.clock.wall())
         client.publish(self.cfg["status_topic"], encode(status), qos=1, retain=True)
 
@@ -77,8 +77,9 @@ class MqttPublisher:
             log.warning("MQTT connection lost (%s); reconnecting with back-off", reason_code)
 
     def _on_message(self, client, userdata, message):
-        if self.on_command is not None and message.topic == self.cfg["command_topic"]:
-            self.on_command(message.payload)
+        handler = self.handlers.get(message.topic)
+        if handler is not None:
+            handler(message.payload)
 
     def _on_publish(self, client, userdata, mid, reason_code=None, properties=None):
         with self._lock:

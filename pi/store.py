@@ -16,6 +16,9 @@ CREATE INDEX IF NOT EXISTS records_user ON records (user, label);
 CREATE TABLE IF NOT EXISTS detections (
     request_id TEXT PRIMARY KEY, user TEXT NOT NULL, timestamp TEXT NOT NULL,
     window TEXT NOT NULL, result TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS feedback (
+    request_id TEXT PRIMARY KEY REFERENCES detections(request_id), user TEXT NOT NULL, label TEXT NOT NULL,
+    received REAL NOT NULL);
 """
 
 
@@ -56,6 +59,19 @@ class LocalStore:
             row = self._db.execute("SELECT window, result FROM detections WHERE request_id = ?",
                                    (request_id,)).fetchone()
         return None if row is None else (json.loads(row[0]), json.loads(row[1]))
+
+    def add_feedback(self, request_id: str, user: str, label: str, received: float) -> None:
+        """A carer's true label for a detection; a second correction of the same request replaces it."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO feedback VALUES (?,?,?,?)", (request_id, user, label, received))
+
+    def feedback(self, user: str) -> list[tuple[str, str, dict, dict]]:
+        """(request_id, label, window, result) of the user's corrections, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT f.request_id, f.label, d.window, d.result FROM feedback f JOIN detections d "
+                "USING (request_id) WHERE f.user = ? ORDER BY f.received, f.rowid", (user,)).fetchall()
+        return [(r[0], r[1], json.loads(r[2]), json.loads(r[3])) for r in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -19,25 +19,7 @@ SHARED = ROOT.parent / "shared"
 FER_PUBLIC = SHARED / "datasets" / "fer2013" / "fer2013_publictest.npz"
 sys.path.insert(0, str(ROOT))
 
-
-class ManualClock:
-    """A clock the test moves by hand: deterministic sampling without threads or sleeping."""
-
-    speed = 1.0
-
-    def __init__(self, t: float = 0.0, wall0: float = 1_790_000_000.0):
-        self.t = t
-        self.wall0 = wall0
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def wall(self) -> float:
-        return self.wall0 + self.t
-
-    def wait(self, seconds, stop=None) -> bool:
-        self.t += max(0.0, seconds)
-        return bool(stop and stop.is_set())
+from pi.clock import ManualClock  # noqa: E402
 
 
 @pytest.fixture

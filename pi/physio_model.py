@@ -1,0 +1,265 @@
+"""The personal physiology model: how this wearer's skin conductance and heart rate look in each state.
+
+Physiology differs too much between people for one population model, so each user gets their own:
+- features over a trailing 10 s of per-second records: mean conductance, its slope and range (phasic
+  activity), mean BPM and its spread (a cheap heart-rate-variability proxy);
+- normalised against the user's own baseline: the `baseline`-labelled sessions when there are any,
+  otherwise the user's statistics over all sessions;
+- a class-weighted multinomial logistic regression (numpy only, it trains in well under a second on a Pi);
+- evaluated leave-one-session-out, because neighbouring seconds are nearly identical and a random split
+  would grade the model on copies of its training data.
+Models are small JSON files, versioned per user; `current.json` names the installed version.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pi.metrics import report
+
+FEATURES = ("scl_mean", "scl_slope", "scl_range", "bpm_mean", "bpm_std")
+WINDOW_S = 10
+MIN_VALID = 5
+BASELINE_LABEL = "baseline"
+
+
+def window_features(scl: Sequence[float | None], bpm: Sequence[float | None]) -> np.ndarray | None:
+    """Features of one window of per-second values (None where a second had none); None if too sparse."""
+    g = np.array([v for v in scl if v is not None], dtype=float)
+    h = np.array([v for v in bpm if v is not None], dtype=float)
+    if len(g) < MIN_VALID or len(h) < MIN_VALID:
+        return None
+    slope = float(np.polyfit(np.arange(len(g)), g, 1)[0])
+    return np.array([g.mean(), slope, g.max() - g.min(), h.mean(), h.std()])
+
+
+def session_samples(records: list[dict]) -> list[np.ndarray]:
+    """Trailing-window features for every second of one session (records sorted by seq)."""
+    out = []
+    for i in range(WINDOW_S - 1, len(records)):
+        win = records[i - WINDOW_S + 1:i + 1]
+        f = window_features([r["skin_conductance"] for r in win], [r["bpm"] for r in win])
+        if f is not None:
+            out.append(f)
+    return out
+
+
+@dataclass
+class Dataset:
+    x: np.ndarray  # raw features, one row per second
+    y: np.ndarray  # class index
+    session: np.ndarray  # session id per row
+    classes: list[str]
+    baseline_mu: np.ndarray
+    baseline_sd: np.ndarray
+    baseline_source: str
+    weight: np.ndarray  # per-row weight: 1 for session seconds, a whole session's worth for a correction
+
+
+def build_dataset(records: list[dict], extra: list[tuple[np.ndarray, str]] = ()) -> Dataset:
+    """Group a user's records by session, compute features, and the user's baseline statistics.
+
+    `extra` holds (raw features, label) examples from carer feedback; each is its own 'session' and
+    weighs as much as an average recorded session, since a correction is fresh evidence about the wearer
+    as they are now, while a session contributes one row per second.
+    """
+    by_session: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_session[r["session_id"]].append(r)
+    rows, labels, sessions, baseline_rows = [], [], [], []
+    for sid, recs in by_session.items():
+        recs.sort(key=lambda r: r["seq"])
+        label = recs[0]["mood"]
+        samples = session_samples(recs)
+        if label == BASELINE_LABEL:
+            baseline_rows += samples
+            continue
+        rows += samples
+        labels += [label] * len(samples)
+        sessions += [sid] * len(samples)
+    per_session = len(rows) / max(1, len(set(sessions)))
+    weight = [1.0] * len(rows)
+    for i, (features, label) in enumerate(extra):
+        rows.append(np.asarray(features, float))
+        labels.append(label)
+        sessions.append(f"feedback-{i}")
+        weight.append(max(1.0, per_session))
+    classes = sorted(set(labels))
+    x = np.array(rows, dtype=float).reshape(-1, len(FEATURES))
+    source_rows, source = (np.array(baseline_rows), "baseline sessions") if baseline_rows else (x, "all sessions")
+    mu = source_rows.mean(axis=0) if len(source_rows) else np.zeros(len(FEATURES))
+    n_session_rows = len(x) - len(extra)
+    if len(extra) and n_session_rows:
+        # Drift: bodies change (season, medication, a new electrode position). Corrections show where each
+        # state lies now; shift the recorded sessions (and the baseline) by the mean displacement of the
+        # corrections from their class's recorded centre, so old and new evidence agree.
+        y_all = [classes.index(l) for l in labels]
+        centres = {c: x[:n_session_rows][np.array(y_all[:n_session_rows]) == c].mean(axis=0)
+                   for c in set(y_all[:n_session_rows])}
+        shifts = [x[i] - centres[y_all[i]] for i in range(n_session_rows, len(x)) if y_all[i] in centres]
+        if shifts:
+            offset = np.mean(shifts, axis=0)
+            x[:n_session_rows] += offset
+            mu = mu + offset
+            source += " shifted by corrections"
+    sd = source_rows.std(axis=0) if len(source_rows) else np.ones(len(FEATURES))
+    # floor the spread: a perfectly still baseline must not blow small differences up to huge z-scores
+    sd = np.maximum(sd, np.maximum(0.05 * np.abs(mu), 1e-3))
+    return Dataset(x, np.array([classes.index(l) for l in labels], dtype=int), np.array(sessions), classes,
+                   mu, sd, source, np.array(weight))
+
+
+def fit_logistic(z: np.ndarray, y: np.ndarray, n_classes: int, sample_weight: np.ndarray | None = None,
+                 l2: float = 1e-2, steps: int = 400, lr: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Class-weighted softmax regression by full-batch gradient descent on standardised features."""
+    sample_weight = np.ones(len(y)) if sample_weight is None else sample_weight
+    counts = np.bincount(y, weights=sample_weight, minlength=n_classes)
+    weights = np.where(counts > 0, sample_weight.sum() / (n_classes * np.maximum(counts, 1e-9)), 0.0)[y]
+    weights = weights * sample_weight
+    w = np.zeros((z.shape[1], n_classes))
+    b = np.zeros(n_classes)
+    onehot = np.eye(n_classes)[y]
+    for _ in range(steps):
+        p = softmax(z @ w + b)
+        g = (p - onehot) * weights[:, None] / weights.sum()
+        w -= lr * (z.T @ g + l2 * w)
+        b -= lr * g.sum(axis=0)
+    return w, b
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def leave_one_session_out(ds: Dataset) -> dict:
+    """Accuracy, macro-F1 and confusion over held-out sessions, with the majority-class baseline."""
+    z = (ds.x - ds.baseline_mu) / ds.baseline_sd
+    predicted = np.empty_like(ds.y)
+    majority = np.empty_like(ds.y)
+    for sid in np.unique(ds.session):
+        test = ds.session == sid
+        train = ~test
+        if len(np.unique(ds.y[train])) < 2:
+            predicted[test] = majority[test] = np.bincount(ds.y[train], minlength=len(ds.classes)).argmax()
+            continue
+        w, b = fit_logistic(z[train], ds.y[train], len(ds.classes), ds.weight[train])
+        predicted[test] = (z[test] @ w + b).argmax(axis=1)
+        majority[test] = np.bincount(ds.y[train], minlength=len(ds.classes)).argmax()
+    ours = report(ds.y, predicted, ds.classes)
+    base = report(ds.y, majority, ds.classes)
+    return {"accuracy": ours["accuracy"], "macro_f1": ours["macro_f1"], "confusion": ours["confusion"],
+            "per_class": ours["per_class"], "classes": ds.classes, "samples": int(len(ds.y)),
+            "sessions": int(len(np.unique(ds.session))),
+            "majority_accuracy": base["accuracy"], "majority_macro_f1": base["macro_f1"]}
+
+
+class PersonalModel:
+    """A fitted model: baseline normalisation + softmax regression; `predict_proba(features)`."""
+
+    def __init__(self, data: dict):
+        self.data = data
+        self.classes = list(data["classes"])
+        self.version = int(data["version"])
+        self.mu = np.array(data["baseline"]["mu"])
+        self.sd = np.array(data["baseline"]["sd"])
+        self.w = np.array(data["weights"])
+        self.b = np.array(data["bias"])
+
+    @classmethod
+    def train(cls, ds: Dataset, user: str, version: int, evaluation: dict) -> "PersonalModel":
+        z = (ds.x - ds.baseline_mu) / ds.baseline_sd
+        w, b = fit_logistic(z, ds.y, len(ds.classes), ds.weight)
+        return cls({
+            "kind": "physiology-logistic-v1", "user": user, "version": version, "classes": ds.classes,
+            "features": list(FEATURES), "window_s": WINDOW_S,
+            "baseline": {"mu": ds.baseline_mu.tolist(), "sd": ds.baseline_sd.tolist(),
+                         "source": ds.baseline_source},
+            "weights": w.tolist(), "bias": b.tolist(), "evaluation": evaluation,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        })
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        z = (np.asarray(features, float) - self.mu) / self.sd
+        return softmax(z @ self.w + self.b)
+
+
+class ModelRegistry:
+    """Versioned per-user model files under DATA_DIR/models/USER/, with an installed-version pointer."""
+
+    def __init__(self, data_dir: str | Path, user: str):
+        self.dir = Path(data_dir) / "models" / user
+        self.user = user
+        self._cache: tuple[float, PersonalModel | None] | None = None
+
+    def versions(self) -> list[int]:
+        return sorted(int(p.stem.split("-v")[1]) for p in self.dir.glob("physio-v*.json"))
+
+    def next_version(self) -> int:
+        return (self.versions() or [0])[-1] + 1
+
+    def save(self, model: PersonalModel, install: bool) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"physio-v{model.version}.json"
+        _atomic_write(path, json.dumps(model.data, indent=1))
+        if install:
+            self.install(model.version)
+        return path
+
+    def install(self, version: int) -> None:
+        if not (self.dir / f"physio-v{version}.json").exists():
+            raise FileNotFoundError(f"no physiology model version {version} for user {self.user}")
+        _atomic_write(self.dir / "current.json", json.dumps({"physio": version}))
+
+    def current_version(self) -> int | None:
+        pointer = self.dir / "current.json"
+        if not pointer.exists():
+            return None
+        return int(json.loads(pointer.read_text())["physio"])
+
+    def load(self, version: int) -> PersonalModel:
+        return PersonalModel(json.loads((self.dir / f"physio-v{version}.json").read_text()))
+
+    def current(self) -> PersonalModel | None:
+        """The installed model, re-read only when the pointer file changed (cheap hot reload)."""
+        pointer = self.dir / "current.json"
+        try:
+            mtime = pointer.stat().st_mtime_ns
+        except FileNotFoundError:
+            self._cache = None
+            return None
+        if self._cache is None or self._cache[0] != mtime:
+            self._cache = (mtime, self.load(self.current_version()))
+        return self._cache[1]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def fit_user(records: list[dict], registry: ModelRegistry, extra=()) -> tuple[dict, PersonalModel | None]:
+    """Evaluate leave-one-session-out; train and install a new version if it beats the majority class."""
+    ds = build_dataset(records, extra)
+    if len(ds.classes) < 2:
+        return {"installed": False, "reason": f"need sessions of at least two labels, have {ds.classes}",
+                "classes": ds.classes, "samples": int(len(ds.y))}, None
+    evaluation = leave_one_session_out(ds)
+    better = (evaluation["accuracy"] > evaluation["majority_accuracy"]
+              and evaluation["macro_f1"] > evaluation["majority_macro_f1"])
+    evaluation["baseline_source"] = ds.baseline_source
+    if not better:
+        evaluation.update(installed=False, reason="no better than always answering the majority class")
+        return evaluation, None
+    model = PersonalModel.train(ds, registry.user, registry.next_version(), evaluation)
+    registry.save(model, install=True)
+    evaluation.update(installed=True, version=model.version)
+    return evaluation, model

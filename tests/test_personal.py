@@ -1,0 +1,172 @@
+"""Personal physiology model, fusion and the carer feedback loop, on simulated people."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from pi import config, fusion
+from pi.physio_model import ModelRegistry, build_dataset, fit_user, leave_one_session_out
+from pi.sim_sessions import simulate_session
+from pi.store import LocalStore
+
+EMOTIONS = ("happy", "sad", "angry", "neutral")
+
+
+def sessions_for(user, baseline_us, hr_offset, reps=3, seconds=40, with_baseline=True, seed0=0):
+    records = []
+    for rep in range(reps):
+        for k, emotion in enumerate(EMOTIONS):
+            records += simulate_session(emotion, seconds, seed=seed0 + 10 * rep + k, baseline_us=baseline_us,
+                                        hr_offset=hr_offset, user=user, session_id=f"{user}-{emotion}-{rep}")
+    if with_baseline:
+        records += simulate_session("baseline", seconds, seed=seed0 + 99, baseline_us=baseline_us,
+                                    hr_offset=hr_offset, user=user, session_id=f"{user}-baseline")
+    return records
+
+
+def test_leave_one_session_out_beats_chance_by_far(tmp_path):
+    records = sessions_for("ann", baseline_us=3.0, hr_offset=4.0)
+    report, model = fit_user(records, ModelRegistry(tmp_path, "ann"))
+    assert report["installed"] and model.version == 1
+    assert report["sessions"] == 12 and report["baseline_source"] == "baseline sessions"
+    assert report["macro_f1"] > 0.6 > 1 / len(EMOTIONS)  # chance is 0.25
+    assert report["macro_f1"] > report["majority_macro_f1"] + 0.4
+    assert np.array(report["confusion"]).sum() == report["samples"]
+
+
+def test_sessions_are_never_split_between_train_and_test():
+    records = sessions_for("bob", 4.0, 0.0, reps=2, seconds=20, with_baseline=False)
+    ds = build_dataset(records)
+    report = leave_one_session_out(ds)
+    assert report["sessions"] == len(set(r["session_id"] for r in records))
+    # predictions come from one model per held-out session: a session's rows all share one fold
+    assert len(np.unique(ds.session)) == report["sessions"]
+
+
+def test_a_shifted_baseline_is_classified_after_normalisation(tmp_path):
+    """Train on one person; classify a person whose conductance is 3x and heart 15 BPM higher."""
+    ann = sessions_for("ann", baseline_us=2.0, hr_offset=-5.0)
+    report, model = fit_user(ann, ModelRegistry(tmp_path, "ann"))
+    cal = sessions_for("cal", baseline_us=6.0, hr_offset=10.0, reps=1, seed0=500)
+    cal_ds = build_dataset(cal)  # cal's own baseline session
+    hits = total = 0
+    for x, y in zip(cal_ds.x, cal_ds.y):
+        z = (x - cal_ds.baseline_mu) / cal_ds.baseline_sd
+        p = model.predict_proba(z * model.sd + model.mu)  # cal's z-scores through ann's model
+        hits += model.classes[int(np.argmax(p))] == cal_ds.classes[y]
+        total += 1
+    assert hits / total > 0.6
+    raw_hits = sum(model.classes[int(np.argmax(model.predict_proba(x)))] == cal_ds.classes[y]
+                   for x, y in zip(cal_ds.x, cal_ds.y))
+    assert raw_hits / total < hits / total  # without cal's own baseline the shift confuses the model
+
+
+def test_fit_refuses_a_model_no_better_than_the_majority(tmp_path):
+    records = []
+    for s in range(6):  # labels carry no information: the person feels the same in every session
+        label = "sad" if s in (1, 4) else "happy"  # 4 happy, 2 sad: the majority answer is right 2/3 of the time
+        for r in simulate_session("neutral", 20, seed=s, baseline_us=4.0, hr_offset=0.0, session_id=f"s{s}"):
+            r["mood"] = label
+            records.append(r)
+    report, model = fit_user(records, ModelRegistry(tmp_path, "dan"))
+    assert not report["installed"] and model is None and "majority" in report["reason"]
+    assert ModelRegistry(tmp_path, "dan").current() is None
+
+
+def test_fit_cli_prints_json_and_installs(tmp_path):
+    store = LocalStore(tmp_path / "records.sqlite")
+    for r in sessions_for("default", 3.0, 0.0, reps=2, seconds=30):
+        store.add_record(r)
+    store.close()
+    result = run_cli("fit", "--json", "--set", f"device.data_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert {"accuracy", "macro_f1", "confusion", "sessions"} <= set(report) and report["installed"]
+    assert ModelRegistry(tmp_path, "default").current().version == 1
+    assert run_cli("rollback", "7", "--set", f"device.data_dir={tmp_path}").returncode == 2
+
+
+# -- fusion --------------------------------------------------------------------------------------------
+def test_pooling_single_source_is_the_source():
+    p = np.array([0.7, 0.1, 0.1, 0.1])
+    assert np.allclose(fusion.pool({"face": p}, {"face": 1.0}), p)
+
+
+def test_pooling_agreeing_sources_sharpen_and_weights_matter():
+    face, body = np.array([0.6, 0.2, 0.1, 0.1]), np.array([0.5, 0.3, 0.1, 0.1])
+    fused = fusion.pool({"face": face, "physiology": body}, {"face": 1.0, "physiology": 1.0})
+    assert fused[0] > 0.6
+    muted = fusion.pool({"face": face, "physiology": np.array([0.1, 0.7, 0.1, 0.1])},
+                        {"face": 1.0, "physiology": 0.0})
+    assert np.allclose(muted, face)
+
+
+def test_missing_sources_and_uncertain_threshold():
+    assert fusion.pool({}, {}) is None
+    assert fusion.decide(None, EMOTIONS, 0.4) == ("unknown", None)
+    assert fusion.decide(np.array([0.3, 0.3, 0.2, 0.2]), EMOTIONS, 0.4)[0] == "uncertain"
+    assert fusion.decide(np.array([0.1, 0.7, 0.1, 0.1]), EMOTIONS, 0.4) == ("sad", pytest.approx(0.7))
+
+
+def test_mapping_a_source_onto_the_configured_emotions():
+    fer = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+    mapped = fusion.to_emotions([0.1, 0.2, 0.2, 0.3, 0.1, 0.0, 0.1], fer, EMOTIONS)
+    assert mapped.sum() == pytest.approx(1) and mapped[0] == pytest.approx(0.5)  # happy 0.3 of 0.6 kept
+    partial = fusion.to_emotions([0.8, 0.2], ("happy", "sad"), EMOTIONS)  # knows nothing of angry/neutral
+    assert partial[2] == partial[3] == pytest.approx(0.25)
+    assert fusion.to_emotions([1.0], ("calm",), EMOTIONS) is None
+
+
+# -- feedback over a real broker ------------------------------------------------------------------------
+def test_carer_corrections_over_mqtt_improve_the_personal_model(broker, recorder, tmp_path):
+    """The wearer's body changed since the model was fitted (say, a new medication raised the heart rate
+    and conductance). Detections go wrong; a carer corrects them over MQTT; the device refits, installs a
+    new version only because it scores better on held-out corrections."""
+    import threading
+    import time
+
+    from pi.daemon import Daemon
+    from pi.device import create
+
+    store = LocalStore(tmp_path / "records.sqlite")
+    for r in sessions_for("default", baseline_us=2.0, hr_offset=-8.0, reps=2, seconds=30, with_baseline=False):
+        store.add_record(r)
+    store.close()
+    report, _ = fit_user(LocalStore(tmp_path / "records.sqlite").records("default"), ModelRegistry(tmp_path, "default"))
+    assert report["installed"]
+
+    cfg = config.load(None, [f"mqtt.port={broker.port}", "sim.speed=40", f"device.data_dir={tmp_path}",
+                             "detect.window_s=12", "camera.frames_per_window=0", "feedback.min_examples=9",
+                             "feedback.refit_every=100", "sim.seed=11"])
+    daemon = Daemon(create(cfg, simulate=True))
+    person = daemon.device.hw.person
+    person.baseline_us, person.hr_offset = 5.0, 12.0  # the body has changed since the fit
+    rec = recorder(["iotsensors/infer/result", "iotsensors/emotion-pi-01/error"])
+    runner = threading.Thread(target=daemon.run, daemon=True)
+    runner.start()
+    assert daemon.device.publisher.connected.wait(10)
+    command, feedback = "iotsensors/emotion-pi-01/command", "iotsensors/emotion-pi-01/feedback"
+    truth = {}
+    for i, emotion in enumerate(["sad", "happy", "angry", "neutral"] * 3):
+        person.set_emotion(emotion)
+        request_id = f"r{i}"
+        truth[request_id] = emotion
+        rec.publish(command, json.dumps({"command": "detect", "request_id": request_id}).encode())
+        assert rec.wait_for(lambda: any(r["request_id"] == request_id for r in rec.on("iotsensors/infer/result")),
+                            30)
+        rec.publish(feedback, json.dumps({"request_id": request_id, "label": emotion}).encode())
+    rec.publish(feedback, b'{"request_id": "r0", "label": "ecstatic"}')
+    assert rec.wait_for(lambda: rec.on("iotsensors/emotion-pi-01/error"))
+    deadline = time.monotonic() + 20
+    registry = ModelRegistry(tmp_path, "default")
+    while time.monotonic() < deadline and registry.current_version() == 1:
+        time.sleep(0.2)
+    daemon.stop_event.set()
+    runner.join(5)
+    assert registry.current_version() == 2, "the refit was not installed"
+    evaluation = registry.load(2).data["evaluation"]
+    assert evaluation["held_out_score"] > evaluation["previous_score"]
+    assert registry.versions() == [1, 2]  # every version kept: rollback stays possible
+    registry.install(1)
+    assert registry.current().version == 1

@@ -30,6 +30,7 @@ class MqttPublisher:
         self.handlers: dict[str, Callable[[bytes], None]] = {}  # topic -> handler, set before start()
         self.qos = mqtt_cfg["qos"]
         self.connected = threading.Event()
+        self.ready = threading.Event()  # connected and every handler's subscription acknowledged
         self._pending: dict[int, mqtt.MQTTMessageInfo] = {}
         self._acked_early: set[int] = set()
         self._lock = threading.Lock()
@@ -46,6 +47,7 @@ class MqttPublisher:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_publish = self._on_publish
 
     # -- connection ----------------------------------------------------------------------------------
@@ -68,11 +70,19 @@ class MqttPublisher:
         self.connected.set()
         if self.handlers:
             client.subscribe([(topic, 1) for topic in self.handlers])
+        else:
+            self.ready.set()
         status = status_message(self.device_id, "online", self.clock.wall())
         client.publish(self.cfg["status_topic"], encode(status), qos=1, retain=True)
 
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties=None):
+        if any(rc.is_failure for rc in reason_codes):
+            log.error("MQTT broker refused a subscription: %s", reason_codes)
+        self.ready.set()
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
         self.connected.clear()
+        self.ready.clear()
         if reason_code != 0:
             log.warning("MQTT connection lost (%s); reconnecting with back-off", reason_code)
 

@@ -119,7 +119,7 @@ def test_button_press_triggers_a_detection(broker, recorder, tmp_path):
     d = Daemon(create(cfg, simulate=True))
     runner = threading.Thread(target=d.run, daemon=True)
     runner.start()
-    assert d.device.publisher.connected.wait(10)
+    assert d.device.publisher.ready.wait(10)
     pin = d.device.hw.pin_factory.pin(cfg["button"]["pin"])
     time.sleep(0.2)
     pin.drive_high()

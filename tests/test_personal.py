@@ -145,7 +145,7 @@ def test_carer_corrections_over_mqtt_improve_the_personal_model(broker, recorder
     rec = recorder(["iotsensors/infer/result", "iotsensors/emotion-pi-01/error"])
     runner = threading.Thread(target=daemon.run, daemon=True)
     runner.start()
-    assert daemon.device.publisher.connected.wait(10)
+    assert daemon.device.publisher.ready.wait(10)
     command, feedback = "iotsensors/emotion-pi-01/command", "iotsensors/emotion-pi-01/feedback"
     truth = {}
     for i, emotion in enumerate(["sad", "happy", "angry", "neutral"] * 3):
@@ -170,3 +170,18 @@ def test_carer_corrections_over_mqtt_improve_the_personal_model(broker, recorder
     assert registry.versions() == [1, 2]  # every version kept: rollback stays possible
     registry.install(1)
     assert registry.current().version == 1
+
+
+def test_registry_hot_reloads_after_install_and_rolls_back(tmp_path):
+    records = sessions_for("eve", 3.0, 0.0, reps=2, seconds=20, with_baseline=False)
+    registry = ModelRegistry(tmp_path, "eve")
+    assert registry.current() is None
+    fit_user(records, registry)
+    first = registry.current()
+    assert first.version == 1 and registry.current() is first  # cached while the pointer is unchanged
+    fit_user(records, registry)  # e.g. `emotion-edge fit` run while the daemon holds this registry
+    assert registry.current().version == 2
+    registry.install(1)
+    assert registry.current().version == 1 and registry.versions() == [1, 2]
+    with pytest.raises(FileNotFoundError):
+        registry.install(9)

@@ -86,6 +86,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
                                 check=_topic),
         "publish_timeout": Field("float", 10.0, "seconds to wait for PUBACKs before exiting", min=0.1, max=600),
         "reconnect_max_delay": Field("float", 30.0, "upper bound of the reconnect back-off", min=1, max=600),
+        "outbox_max_messages": Field("int", 100000, "unsent messages kept on disk; past it the oldest "
+                                     "training records are dropped first (logged, counted)", min=100),
+        "inflight": Field("int", 20, "messages sent but not yet acknowledged", min=1, max=1000),
     },
     "i2c": {
         "bus": Field("int", 1, "I2C bus number (/dev/i2c-N)", min=0, max=31),
@@ -170,6 +173,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
                        nullable=True),
         "button_every_s": Field("float", 0.0, "press the simulated button this often in `run` (0 never)",
                                 min=0),
+        "hat_present": Field("bool", True, "false simulates a Pi without the Grove Base Hat"),
     },
     "log": {
         "level": Field("str", "INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR")),

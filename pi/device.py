@@ -21,6 +21,7 @@ from pi import fusion, messages, physio_model
 from pi.personalise import apply_feedback, fused_distribution
 from pi.errors import CameraError, DegradedWarning, EmotionEdgeError, ModelError
 from pi.hardware import Hardware
+from pi.outbox import Outbox
 from pi.publisher import MqttPublisher
 from pi.sampler import SecondRecord
 from pi.store import LocalStore
@@ -81,6 +82,7 @@ class Device:
         """Stop sampling, close the hardware, flush and disconnect; return unacknowledged messages."""
         self.hw.sampler.stop()
         left = self.publisher.stop(flush_timeout)
+        self.publisher.outbox.close()
         self.hw.close()
         self.store.close()
         return left
@@ -284,6 +286,7 @@ def create(cfg: dict, simulate: bool, **hardware_overrides) -> Device:
     from pi.hardware import build
 
     hardware = build(cfg, simulate, **hardware_overrides)
-    publisher = MqttPublisher(cfg["mqtt"], cfg["device"]["id"], hardware.clock)
+    outbox = Outbox(Path(cfg["device"]["data_dir"]) / "outbox.sqlite", cfg["mqtt"]["outbox_max_messages"])
+    publisher = MqttPublisher(cfg["mqtt"], cfg["device"]["id"], hardware.clock, outbox, cfg["mqtt"]["inflight"])
     face = load_face_pipeline(cfg) if hardware.camera is not None else None
     return Device(cfg, hardware, publisher, open_store(cfg), face)

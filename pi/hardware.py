@@ -55,6 +55,7 @@ def build(cfg: dict, simulate: bool, bus=None, pin_factory=None, camera=None) ->
                                  finger_off_every_s=sim["finger_off_every_s"], gsr=gsr)
         if bus is None:
             bus = SimulatedSMBus(address=cfg["i2c"]["address"] or 0x04, clock=clock)
+            bus.absent = not sim["hat_present"]
             person.attach(bus, cfg["gsr"]["channel"], cfg["heart"]["channel"])
         if pin_factory is None:
             from gpiozero.pins.mock import MockFactory

@@ -36,10 +36,12 @@ def free_port() -> int:
 class Broker:
     """A Mosquitto process on 127.0.0.1 that a test can stop and start again on the same port."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, persistent: bool = False):
         self.port = free_port()
         self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        persistence = (f"persistence true\npersistence_location {workdir}/\n" if persistent
+                       else "persistence false\n")
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{persistence}")
         self.log = workdir / "mosquitto.log"
         self.proc: subprocess.Popen | None = None
 
@@ -64,10 +66,10 @@ class Broker:
 
 
 @pytest.fixture
-def broker(tmp_path):
+def broker(tmp_path, request):
     if not (shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")):
         pytest.fail("mosquitto is not installed (apt-get install -y mosquitto); .ci/run installs it")
-    b = Broker(tmp_path)
+    b = Broker(tmp_path, persistent=bool(request.node.get_closest_marker("persistent_broker")))
     b.start()
     yield b
     b.stop()
@@ -76,10 +78,13 @@ def broker(tmp_path):
 class Recorder:
     """Subscribes to topics on the test broker and keeps every message, decoded from JSON."""
 
-    def __init__(self, port: int, topics: list[str]):
+    def __init__(self, port: int, topics: list[str], persistent_session: bool = False):
         self.messages: list[tuple[str, dict | bytes]] = []
         self._cond = threading.Condition()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"recorder-{free_port()}")
+        # a persistent session (with a persistent broker) keeps our subscription and queue across restarts
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"recorder-{free_port()}",
+                                  clean_session=not persistent_session)
+        self.client.reconnect_delay_set(0.1, 0.5)
         self._subscribed = threading.Event()
         self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe([(t, 1) for t in topics])
         self.client.on_subscribe = lambda *a: self._subscribed.set()
@@ -123,8 +128,8 @@ class Recorder:
 def recorder(broker):
     recorders = []
 
-    def make(topics=("iotsensors/#",)):
-        r = Recorder(broker.port, list(topics))
+    def make(topics=("iotsensors/#",), persistent_session=False):
+        r = Recorder(broker.port, list(topics), persistent_session)
         recorders.append(r)
         return r
 

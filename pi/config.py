@@ -86,6 +86,18 @@ SCHEMA: dict[str, dict[str, Field]] = {
                                 check=_topic),
         "publish_timeout": Field("float", 10.0, "seconds to wait for PUBACKs before exiting", min=0.1, max=600),
         "reconnect_max_delay": Field("float", 30.0, "upper bound of the reconnect back-off", min=1, max=600),
+        "profile": Field("str", "generic", "generic broker, or aws-iot-core (mutual TLS, thing name = "
+                         "device.id, keep-alive 30-1200 s, QoS 0/1, 128 KB payloads)",
+                         choices=("generic", "aws-iot-core")),
+        "transport": Field("str", "paho", "paho (paho-mqtt, any broker) or awsiot (AWSIoTPythonSDK v1)",
+                           choices=("paho", "awsiot")),
+        "tls": Field("bool", False, "connect with TLS (mutual TLS when cert_file/key_file are set)"),
+        "ca_file": Field("str", None, "CA certificate that signed the broker's (AWS: AmazonRootCA1.pem)",
+                         nullable=True),
+        "cert_file": Field("str", None, "the device certificate (PEM)", nullable=True),
+        "key_file": Field("str", None, "the device's private key (PEM, mode 600)", nullable=True),
+        "alpn": Field("str", None, "ALPN protocol; AWS IoT Core on port 443 needs x-amzn-mqtt-ca",
+                      nullable=True),
         "outbox_max_messages": Field("int", 100000, "unsent messages kept on disk; past it the oldest "
                                      "training records are dropped first (logged, counted)", min=100),
         "inflight": Field("int", 20, "messages sent but not yet acknowledged", min=1, max=1000),
@@ -253,6 +265,46 @@ def _cross_checks(cfg: dict) -> dict[str, str]:
         problems["heart.min_bpm"] = "must be below heart.max_bpm"
     if cfg["heart"]["source"] != "gpio" and cfg["heart"]["channel"] == cfg["gsr"]["channel"]:
         problems["heart.channel"] = "must differ from gsr.channel"
+    problems.update(_mqtt_checks(cfg["mqtt"]))
+    return problems
+
+
+def _mqtt_checks(m: dict) -> dict[str, str]:
+    """TLS files exist (and the key is private); the AWS IoT Core profile's rules hold."""
+    from pi.tls import AWS_ALPN, key_permission_problem
+
+    problems = {}
+    if m["profile"] == "aws-iot-core":
+        if not m["tls"]:
+            problems["mqtt.tls"] = "must be true for aws-iot-core (mutual TLS)"
+        if m["port"] not in (8883, 443):
+            problems["mqtt.port"] = "aws-iot-core listens on 8883 (or 443 with ALPN)"
+        if m["port"] == 443 and m["alpn"] != AWS_ALPN:
+            problems["mqtt.alpn"] = f"port 443 needs alpn {AWS_ALPN}"
+        if not 30 <= m["keepalive"] <= 1200:
+            problems["mqtt.keepalive"] = "aws-iot-core accepts 30..1200 s"
+        for key in ("ca_file", "cert_file", "key_file"):
+            if not m[key]:
+                problems[f"mqtt.{key}"] = "required by aws-iot-core"
+    if m["transport"] == "awsiot" and not m["tls"]:
+        problems["mqtt.transport"] = "awsiot (AWSIoTPythonSDK) needs tls: true and certificates"
+    if m["tls"]:
+        if not m["ca_file"]:
+            problems.setdefault("mqtt.ca_file", "required when tls is true")
+        if bool(m["cert_file"]) != bool(m["key_file"]):
+            problems["mqtt.key_file" if m["cert_file"] else "mqtt.cert_file"] = \
+                "cert_file and key_file go together"
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = m[key]
+            if path and f"mqtt.{key}" not in problems:
+                if not os.path.isfile(path):
+                    problems[f"mqtt.{key}"] = f"file not found: {path}"
+                elif not os.access(path, os.R_OK):
+                    problems[f"mqtt.{key}"] = f"not readable by this user: {path}"
+        if m["key_file"] and os.path.isfile(m["key_file"]) and "mqtt.key_file" not in problems:
+            problem = key_permission_problem(m["key_file"])
+            if problem:
+                problems["mqtt.key_file"] = problem
     return problems
 
 

@@ -22,7 +22,7 @@ from pi.personalise import apply_feedback, fused_distribution
 from pi.errors import CameraError, DegradedWarning, EmotionEdgeError, ModelError
 from pi.hardware import Hardware
 from pi.outbox import Outbox
-from pi.publisher import MqttPublisher
+from pi.publisher import OutboxPublisher, make_publisher
 from pi.sampler import SecondRecord
 from pi.store import LocalStore
 
@@ -58,7 +58,7 @@ def load_face_pipeline(cfg: dict):
 
 
 class Device:
-    def __init__(self, cfg: dict, hardware: Hardware, publisher: MqttPublisher, store: LocalStore,
+    def __init__(self, cfg: dict, hardware: Hardware, publisher: OutboxPublisher, store: LocalStore,
                  face_pipeline=None):
         self.cfg = cfg
         self.hw = hardware
@@ -287,6 +287,6 @@ def create(cfg: dict, simulate: bool, **hardware_overrides) -> Device:
 
     hardware = build(cfg, simulate, **hardware_overrides)
     outbox = Outbox(Path(cfg["device"]["data_dir"]) / "outbox.sqlite", cfg["mqtt"]["outbox_max_messages"])
-    publisher = MqttPublisher(cfg["mqtt"], cfg["device"]["id"], hardware.clock, outbox, cfg["mqtt"]["inflight"])
+    publisher = make_publisher(cfg["mqtt"], cfg["device"]["id"], hardware.clock, outbox, cfg["mqtt"]["inflight"])
     face = load_face_pipeline(cfg) if hardware.camera is not None else None
     return Device(cfg, hardware, publisher, open_store(cfg), face)

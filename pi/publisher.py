@@ -1,17 +1,21 @@
-"""MQTT over paho-mqtt 2.x: QoS 1 publishing, a retained online/offline status with a last will, and the
-subscriptions of `handlers` (renewed on every reconnect: paho does not restore subscriptions by itself).
+"""Publishing over MQTT with store and forward, behind one interface for two transports.
 
-Store and forward: `publish()` only writes the message to the persistent `Outbox`; a sender thread hands
-stored messages to paho in order while connected (at most `inflight` unacknowledged) and deletes each one
-when its PUBACK arrives. A broker that is down at start-up, goes away, or a process that is killed loses
+`publish()` only writes the message to the persistent `Outbox`; a sender thread hands stored messages to
+the transport in order while connected (at most `inflight` unacknowledged) and deletes each one when its
+PUBACK arrives (QoS 1). A broker that is down at start-up or goes away, or a process that is killed, loses
 nothing accepted: what is left is sent after reconnecting, or by the next process that opens the outbox.
-The connection is made in the background with paho's reconnect back-off (1 s doubling up to
-`mqtt.reconnect_max_delay`).
+Subscriptions (`handlers`) are renewed on every reconnect, and a retained online/offline status with a last
+will tells the backend whether the device is there.
+
+Transports: `MqttPublisher` (paho-mqtt 2.x, the default: one code path for every broker, TLS included) and
+`AwsIotSdkPublisher` (AWSIoTPythonSDK v1, in maintenance mode; its offline queue lives in memory only, so
+it is switched off and our disk outbox sits in front of it). `make_publisher()` picks one from the config.
 """
 from __future__ import annotations
 
 import logging
 import threading
+from abc import ABC, abstractmethod
 import time
 from typing import Callable
 
@@ -19,101 +23,90 @@ import paho.mqtt.client as mqtt
 
 from pi.errors import PublishError
 from pi.messages import encode, status_message
-from pi.outbox import Outbox
+from pi.outbox import Outbox, Pending
 
 log = logging.getLogger(__name__)
 
 MAX_PAYLOAD = 128 * 1024  # AWS IoT Core's limit; a useful bound for any broker
 
 
-class MqttPublisher:
+class OutboxPublisher(ABC):
+    """The transport-independent part: outbox, ordered sender, acknowledgements, status, handlers."""
+
     def __init__(self, mqtt_cfg: dict, device_id: str, clock, outbox: Outbox, inflight: int = 20):
         self.cfg = mqtt_cfg
         self.device_id = device_id
         self.clock = clock
-        self.handlers: dict[str, Callable[[bytes], None]] = {}  # topic -> handler, set before start()
-        self.qos = mqtt_cfg["qos"]
         self.outbox = outbox
+        self.qos = mqtt_cfg["qos"]
         self.inflight = inflight
-        self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
-        self._last_handed = 0  # outbox id of the last message handed to paho by this process
+        self.handlers: dict[str, Callable[[bytes], None]] = {}  # topic -> handler, set before start()
+        self.connected = threading.Event()
+        self.ready = threading.Event()  # connected and every handler's subscription acknowledged
+        self.published = 0
+        self._inflight: dict[int, int] = {}  # transport message id -> outbox row id
+        self._acked_early: set[int] = set()
+        self._last_handed = 0  # outbox id of the last message handed to the transport by this process
+        self._lock = threading.Lock()  # guards the bookkeeping only; never held while calling the transport
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._sender: threading.Thread | None = None
-        self.connected = threading.Event()
-        self.ready = threading.Event()  # connected and every handler's subscription acknowledged
-        self._acked_early: set[int] = set()
-        self._lock = threading.Lock()
-        self.published = 0
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id,
-                                  protocol=mqtt.MQTTv311, clean_session=False)
-        self.client.max_inflight_messages_set(inflight)
-        if mqtt_cfg.get("username"):
-            self.client.username_pw_set(mqtt_cfg["username"], mqtt_cfg.get("password"))
-        self.client.reconnect_delay_set(1, int(mqtt_cfg["reconnect_max_delay"]))
-        will = encode(status_message(device_id, "offline", clock.wall(), reason="connection lost"))
-        self.client.will_set(mqtt_cfg["status_topic"], will, qos=1, retain=True)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_publish = self._on_publish
 
-    # -- connection ----------------------------------------------------------------------------------
+    # -- transport hooks -------------------------------------------------------------------------------
+    @abstractmethod
+    def _open(self) -> None:
+        """Start connecting in the background (and keep reconnecting)."""
+
+    @abstractmethod
+    def _hand(self, row: Pending) -> int | None:
+        """Give one stored message to the transport; its message id, or None if it refused."""
+
+    @abstractmethod
+    def _send_status(self, state: str, **extra) -> None:
+        """Publish the retained status directly (it describes the connection, so it is not queued)."""
+
+    @abstractmethod
+    def _close(self) -> None:
+        """Disconnect and stop the transport's threads."""
+
+    # -- shared behaviour ------------------------------------------------------------------------------
     def start(self, wait_s: float = 5.0) -> bool:
         """Connect in the background; return whether the broker answered within `wait_s`."""
-        host, port = self.cfg["host"], self.cfg["port"]
-        self.client.connect_async(host, port, keepalive=self.cfg["keepalive"])
-        self.client.loop_start()
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
         self._sender.start()
+        self._open()
         if not self.connected.wait(wait_s):
-            log.warning("MQTT broker %s:%s not reachable yet; messages are queued and sent when it is",
-                        host, port)
+            log.warning("MQTT broker %s:%s not reachable yet; messages wait in the outbox and are sent when "
+                        "it is", self.cfg["host"], self.cfg["port"])
             return False
         return True
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties=None):
-        if reason_code.is_failure:
-            log.error("MQTT broker refused the connection: %s", reason_code)
-            return
+    def _connected(self) -> None:
         log.info("MQTT connected to %s:%s", self.cfg["host"], self.cfg["port"])
         self.connected.set()
-        if self.handlers:
-            client.subscribe([(topic, 1) for topic in self.handlers])
-        else:
-            self.ready.set()
-        status = status_message(self.device_id, "online", self.clock.wall(), outbox_pending=len(self.outbox),
-                                dropped=self.outbox.dropped)
-        client.publish(self.cfg["status_topic"], encode(status), qos=1, retain=True)
+        self._send_status("online", outbox_pending=len(self.outbox), dropped=self.outbox.dropped)
         self._wake.set()
 
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties=None):
-        if any(rc.is_failure for rc in reason_codes):
-            log.error("MQTT broker refused a subscription: %s", reason_codes)
-        self.ready.set()
-
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
+    def _disconnected(self, reason) -> None:
         self.connected.clear()
         self.ready.clear()
-        if reason_code != 0:
-            log.warning("MQTT connection lost (%s); reconnecting with back-off", reason_code)
+        if reason:
+            log.warning("MQTT connection lost (%s); reconnecting with back-off", reason)
 
-    def _on_message(self, client, userdata, message):
-        handler = self.handlers.get(message.topic)
+    def _message(self, topic: str, payload: bytes) -> None:
+        handler = self.handlers.get(topic)
         if handler is not None:
-            handler(message.payload)
+            handler(payload)
 
-    def _on_publish(self, client, userdata, mid, reason_code=None, properties=None):
+    def _acked(self, mid: int) -> None:
         with self._lock:
             row_id = self._inflight.pop(mid, None)
             if row_id is None:
-                self._acked_early.add(mid)  # PUBACK overtook the sender's bookkeeping (or a status message)
+                self._acked_early.add(mid)  # the PUBACK overtook the sender's bookkeeping (or was a status)
         if row_id is not None:
             self.outbox.delete(row_id)
             self._wake.set()
 
-    # -- publishing ----------------------------------------------------------------------------------
     def publish(self, topic: str, message: dict, retain: bool = False) -> None:
         """Accept a message: it is on disk when this returns, and will be sent in order."""
         payload = encode(message)
@@ -133,18 +126,15 @@ class MqttPublisher:
             with self._lock:
                 room, last = self.inflight - len(self._inflight), self._last_handed
             for row in self.outbox.after(last, room) if room > 0 else ():
-                # Never call paho while holding self._lock: paho calls _on_publish under its own lock.
-                info = self.client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
-                if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-                    log.error("paho refused message %d for %s: %s", row.id, row.topic, mqtt.error_string(info.rc))
+                mid = self._hand(row)
+                if mid is None:
                     break
-                # NO_CONN: paho keeps the QoS 1 message and sends it itself after reconnecting
                 with self._lock:
                     self._last_handed = row.id
-                    acked = row.qos == 0 or info.mid in self._acked_early
-                    self._acked_early.discard(info.mid)
+                    acked = row.qos == 0 or mid in self._acked_early
+                    self._acked_early.discard(mid)
                     if not acked:
-                        self._inflight[info.mid] = row.id
+                        self._inflight[mid] = row.id
                 if acked:
                     self.outbox.delete(row.id)
 
@@ -162,21 +152,167 @@ class MqttPublisher:
         return self.pending
 
     def stop(self, timeout: float = 1.0) -> int:
-        """Publish 'offline' (retained), flush, disconnect. Returns messages left unacknowledged."""
+        """Flush, publish 'offline' (retained), disconnect. Returns messages left in the outbox."""
         left = self.flush(timeout)
         if self.connected.is_set():
-            info = self.client.publish(self.cfg["status_topic"],
-                                       encode(status_message(self.device_id, "offline", self.clock.wall(),
-                                                             reason="stopped", outbox_pending=left,
-                                                             dropped=self.outbox.dropped)), qos=1, retain=True)
-            try:
-                info.wait_for_publish(min(timeout, 1.0))
-            except (RuntimeError, ValueError):
-                pass
+            self._send_status("offline", reason="stopped", outbox_pending=left, dropped=self.outbox.dropped)
         self._stop.set()
         self._wake.set()
         if self._sender is not None:
             self._sender.join(2)
+        self._close()
+        return left
+
+    def _status_payload(self, state: str, **extra) -> bytes:
+        return encode(status_message(self.device_id, state, self.clock.wall(), **extra))
+
+
+class MqttPublisher(OutboxPublisher):
+    """paho-mqtt 2.x transport (plain TCP or TLS), for any broker including AWS IoT Core."""
+
+    def __init__(self, mqtt_cfg: dict, device_id: str, clock, outbox: Outbox, inflight: int = 20):
+        super().__init__(mqtt_cfg, device_id, clock, outbox, inflight)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id,
+                                  protocol=mqtt.MQTTv311, clean_session=False)
+        self.client.max_inflight_messages_set(inflight)
+        if mqtt_cfg.get("username"):
+            self.client.username_pw_set(mqtt_cfg["username"], mqtt_cfg.get("password"))
+        self.tls_context = None
+        if mqtt_cfg.get("tls"):
+            from pi.tls import client_context
+
+            self.tls_context = client_context(mqtt_cfg["ca_file"], mqtt_cfg["cert_file"], mqtt_cfg["key_file"],
+                                              mqtt_cfg["alpn"])
+            self.client.tls_set_context(self.tls_context)
+        self.client.reconnect_delay_set(1, int(mqtt_cfg["reconnect_max_delay"]))
+        self.client.will_set(mqtt_cfg["status_topic"], self._status_payload("offline", reason="connection lost"),
+                             qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda c, u, f, rc, p=None: self._disconnected(rc if rc != 0 else None)
+        self.client.on_message = lambda c, u, msg: self._message(msg.topic, msg.payload)
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_publish = lambda c, u, mid, rc=None, p=None: self._acked(mid)
+
+    def _open(self) -> None:
+        if self.tls_context is not None:
+            from pi.tls import probe
+
+            why = probe(self.cfg["host"], self.cfg["port"], self.tls_context)
+            if why:
+                log.error("MQTT over TLS to %s:%s: %s", self.cfg["host"], self.cfg["port"], why)
+        self.client.connect_async(self.cfg["host"], self.cfg["port"], keepalive=self.cfg["keepalive"])
+        self.client.loop_start()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties=None):
+        if reason_code.is_failure:
+            log.error("MQTT broker refused the connection: %s", reason_code)
+            return
+        if self.handlers:
+            client.subscribe([(topic, 1) for topic in self.handlers])
+        else:
+            self.ready.set()
+        self._connected()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties=None):
+        if any(rc.is_failure for rc in reason_codes):
+            log.error("MQTT broker refused a subscription: %s", reason_codes)
+        self.ready.set()
+
+    def _hand(self, row: Pending) -> int | None:
+        info = self.client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
+        # NO_CONN: paho keeps the QoS 1 message and sends it itself after reconnecting
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            log.error("paho refused message %d for %s: %s", row.id, row.topic, mqtt.error_string(info.rc))
+            return None
+        return info.mid
+
+    def _send_status(self, state: str, **extra) -> None:
+        info = self.client.publish(self.cfg["status_topic"], self._status_payload(state, **extra), qos=1,
+                                   retain=True)
+        if state == "offline":
+            try:
+                info.wait_for_publish(1.0)
+            except (RuntimeError, ValueError):
+                pass
+
+    def _close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-        return left
+
+
+class AwsIotSdkPublisher(OutboxPublisher):
+    """AWSIoTPythonSDK v1 transport (mutual TLS on 8883, or 443 with ALPN, which the SDK sets itself).
+
+    The SDK's own offline queue is disabled: it is in memory only, and our outbox already holds every
+    message on disk. Its WebSocket mode is not offered: it calls ssl.wrap_socket, gone in Python 3.12.
+    """
+
+    def __init__(self, mqtt_cfg: dict, device_id: str, clock, outbox: Outbox, inflight: int = 20):
+        super().__init__(mqtt_cfg, device_id, clock, outbox, inflight)
+        try:
+            from AWSIoTPythonSDK.MQTTLib import AWSIoTMQTTClient
+        except ImportError as exc:
+            raise PublishError("mqtt.transport is awsiot but AWSIoTPythonSDK is not installed: "
+                               "pip install 'emotion-edge[aws]'") from exc
+        c = AWSIoTMQTTClient(device_id, cleanSession=False)
+        c.configureEndpoint(mqtt_cfg["host"], mqtt_cfg["port"])
+        c.configureCredentials(mqtt_cfg["ca_file"], mqtt_cfg["key_file"], mqtt_cfg["cert_file"])
+        c.configureAutoReconnectBackoffTime(1, int(mqtt_cfg["reconnect_max_delay"]), 20)
+        c.configureOfflinePublishQueueing(0)  # disabled: the disk outbox is the queue
+        c.configureDrainingFrequency(10)
+        c.configureConnectDisconnectTimeout(10)
+        c.configureMQTTOperationTimeout(10)
+        c.configureLastWill(mqtt_cfg["status_topic"], self._status_payload("offline", reason="connection lost"),
+                            1)
+        c.onOnline = self._on_online
+        c.onOffline = lambda: self._disconnected("offline")
+        self.client = c
+        self._opener: threading.Thread | None = None
+
+    def _open(self) -> None:
+        def connect_until_stopped():
+            delay = 1.0
+            while not self._stop.is_set():
+                try:
+                    self.client.connect(self.cfg["keepalive"])
+                    return  # from here the SDK reconnects by itself
+                except Exception as exc:  # the SDK raises bare exceptions for TLS and timeouts alike
+                    log.error("AWS IoT SDK cannot connect to %s:%s: %s: %s", self.cfg["host"], self.cfg["port"],
+                              type(exc).__name__, exc)
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, self.cfg["reconnect_max_delay"])
+
+        self._opener = threading.Thread(target=connect_until_stopped, name="awsiot-connect", daemon=True)
+        self._opener.start()
+
+    def _on_online(self) -> None:
+        for topic in self.handlers:
+            self.client.subscribeAsync(topic, 1, messageCallback=lambda c, u, msg: self._message(msg.topic,
+                                                                                             msg.payload))
+        self.ready.set()
+        self._connected()
+
+    def _hand(self, row: Pending) -> int | None:
+        try:
+            return self.client.publishAsync(row.topic, row.payload, row.qos, ackCallback=self._acked)
+        except Exception as exc:
+            log.warning("AWS IoT SDK could not publish message %d: %s", row.id, exc)
+            return None
+
+    def _send_status(self, state: str, **extra) -> None:
+        try:
+            # IoT Core ignores retain on older plans; the SDK's publish has no retain flag at all
+            self.client.publish(self.cfg["status_topic"], self._status_payload(state, **extra), 1)
+        except Exception as exc:
+            log.warning("AWS IoT SDK could not publish the %s status: %s", state, exc)
+
+    def _close(self) -> None:
+        try:
+            self.client.disconnect()
+        except Exception as exc:
+            log.warning("AWS IoT SDK disconnect: %s", exc)
+
+
+def make_publisher(mqtt_cfg: dict, device_id: str, clock, outbox: Outbox, inflight: int = 20) -> OutboxPublisher:
+    cls = AwsIotSdkPublisher if mqtt_cfg["transport"] == "awsiot" else MqttPublisher
+    return cls(mqtt_cfg, device_id, clock, outbox, inflight)

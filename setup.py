@@ -21,7 +21,7 @@ setup(
         "pi": ["smbus2>=0.4", "grove.py>=0.6", "picamera2; platform_machine=='aarch64'"],
         "aws": ["AWSIoTPythonSDK>=1.5"],
         "train": ["tensorflow==2.21.*"],
-        "dev": ["pytest>=7", "heartpy>=1.2.7", "smbus2>=0.4"],
+        "dev": ["pytest>=7", "heartpy>=1.2.7", "smbus2>=0.4", "AWSIoTPythonSDK>=1.5"],
     },
     entry_points={"console_scripts": ["emotion-edge=pi.cli:main"]},
 )

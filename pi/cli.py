@@ -15,6 +15,14 @@ from pi import config as config_mod
 from pi.errors import ConfigError, EmotionEdgeError, HardwareError
 
 log = logging.getLogger("emotion-edge")
+# Results go to the real stdout; everything else that prints (third-party libraries included: the AWS IoT
+# SDK prints its socket errors) goes to stderr, so stdout stays machine-readable.
+RESULTS = sys.stdout
+
+
+def emit(text: str) -> None:
+    RESULTS.write(text + "\n")
+    RESULTS.flush()
 DEFAULT_CONFIG = config_mod.PROJECT_ROOT / "config.yaml"
 
 
@@ -84,7 +92,7 @@ def _finish(device, cfg) -> int:
 
 def cmd_check_config(args) -> int:
     cfg = load_config(args)
-    sys.stdout.write(config_mod.dump(cfg))
+    emit(config_mod.dump(cfg).rstrip("\n"))
     return 0
 
 
@@ -103,7 +111,7 @@ def cmd_collect(args) -> int:
         summary = device.collect(args.label, args.duration)
     finally:
         left = _finish(device, cfg)
-    print(json.dumps({"session_id": summary.session_id, "label": summary.label, "records": summary.records,
+    emit(json.dumps({"session_id": summary.session_id, "label": summary.label, "records": summary.records,
                       "waiting_in_outbox": left}))
     return 0
 
@@ -122,7 +130,7 @@ def cmd_detect(args) -> int:
     finally:
         left = _finish(device, cfg)
     result["waiting_in_outbox"] = left
-    print(json.dumps(result))
+    emit(json.dumps(result))
     return 0
 
 
@@ -143,7 +151,7 @@ def cmd_fer_eval(args) -> int:
     cfg = config_mod.load(DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
     report = evaluate(args.data, args.model or Path(cfg["face"]["model"]),
                       args.metadata or Path(cfg["face"]["metadata"]), limit=args.limit, flip=args.flip)
-    print(json.dumps(report) if args.json else format_report(report))
+    emit(json.dumps(report) if args.json else format_report(report))
     return 0
 
 
@@ -164,15 +172,15 @@ def cmd_fit(args) -> int:
     report, _ = fit_user(store.records(cfg["device"]["user"]), registry)
     report["user"] = cfg["device"]["user"]
     if args.json:
-        print(json.dumps(report))
+        emit(json.dumps(report))
     elif "accuracy" in report:
-        print(f"user {report['user']}: {report['samples']} seconds in {report['sessions']} sessions, classes "
+        emit(f"user {report['user']}: {report['samples']} seconds in {report['sessions']} sessions, classes "
               f"{', '.join(report['classes'])} (baseline from {report['baseline_source']})")
-        print(f"leave-one-session-out accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f} "
+        emit(f"leave-one-session-out accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f} "
               f"(majority class: {report['majority_accuracy']:.3f} / {report['majority_macro_f1']:.3f})")
-        print("confusion (rows true):")
+        emit("confusion (rows true):")
         for name, row in zip(report["classes"], report["confusion"]):
-            print(f"  {name:<10}" + " ".join(f"{v:>6}" for v in row))
+            emit(f"  {name:<10}" + " ".join(f"{v:>6}" for v in row))
     print(f"installed version {report['version']}" if report.get("installed") else
           f"not installed: {report.get('reason')}", file=sys.stderr)
     return 0 if report.get("installed") else 1
@@ -182,7 +190,7 @@ def cmd_feedback(args) -> int:
     from pi.personalise import apply_feedback
 
     cfg, store, registry = _personal(args)
-    print(json.dumps(apply_feedback(cfg, store, registry, args.request_id, args.label, time.time())))
+    emit(json.dumps(apply_feedback(cfg, store, registry, args.request_id, args.label, time.time())))
     return 0
 
 
@@ -192,7 +200,7 @@ def cmd_rollback(args) -> int:
         registry.install(args.version)
     except FileNotFoundError as exc:
         raise ConfigError({"version": f"{exc}; available: {registry.versions()}"}) from None
-    print(json.dumps({"user": cfg["device"]["user"], "installed": args.version}))
+    emit(json.dumps({"user": cfg["device"]["user"], "installed": args.version}))
     return 0
 
 
@@ -202,6 +210,15 @@ COMMANDS = {"run": cmd_run, "detect": cmd_detect, "collect": cmd_collect, "check
 
 
 def main(argv: list[str] | None = None) -> int:
+    global RESULTS
+    RESULTS, sys.stdout = sys.stdout, sys.stderr
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout = RESULTS
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     level, fmt = "INFO", "json"
     try:

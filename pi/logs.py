@@ -26,5 +26,7 @@ def setup(level: str = "INFO", fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.captureWarnings(True)  # DegradedWarning lands in the log as a WARNING line
+    logging.getLogger("AWSIoTPythonSDK").setLevel(max(logging.WARNING, root.level))  # chatty at INFO
     warnings.simplefilter("default")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="AWSIoTPythonSDK")
     warnings.formatwarning = lambda message, category, *_, **__: f"{category.__name__}: {message}"

@@ -51,6 +51,12 @@ class OutboxPublisher(ABC):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._sender: threading.Thread | None = None
+        self.tls_context = None
+        if mqtt_cfg.get("tls"):
+            from pi.tls import client_context
+
+            self.tls_context = client_context(mqtt_cfg["ca_file"], mqtt_cfg["cert_file"], mqtt_cfg["key_file"],
+                                              mqtt_cfg["alpn"])
 
     # -- transport hooks -------------------------------------------------------------------------------
     @abstractmethod
@@ -74,6 +80,12 @@ class OutboxPublisher(ABC):
         """Connect in the background; return whether the broker answered within `wait_s`."""
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
         self._sender.start()
+        if self.tls_context is not None:  # both transports' own errors hide the reason: ask TLS directly
+            from pi.tls import probe
+
+            why = probe(self.cfg["host"], self.cfg["port"], self.tls_context)
+            if why:
+                log.error("MQTT over TLS to %s:%s: %s", self.cfg["host"], self.cfg["port"], why)
         self._open()
         if not self.connected.wait(wait_s):
             log.warning("MQTT broker %s:%s not reachable yet; messages wait in the outbox and are sent when "
@@ -90,7 +102,7 @@ class OutboxPublisher(ABC):
     def _disconnected(self, reason) -> None:
         self.connected.clear()
         self.ready.clear()
-        if reason:
+        if reason and not self._stop.is_set():
             log.warning("MQTT connection lost (%s); reconnecting with back-off", reason)
 
     def _message(self, topic: str, payload: bytes) -> None:
@@ -154,9 +166,9 @@ class OutboxPublisher(ABC):
     def stop(self, timeout: float = 1.0) -> int:
         """Flush, publish 'offline' (retained), disconnect. Returns messages left in the outbox."""
         left = self.flush(timeout)
+        self._stop.set()
         if self.connected.is_set():
             self._send_status("offline", reason="stopped", outbox_pending=left, dropped=self.outbox.dropped)
-        self._stop.set()
         self._wake.set()
         if self._sender is not None:
             self._sender.join(2)
@@ -177,12 +189,7 @@ class MqttPublisher(OutboxPublisher):
         self.client.max_inflight_messages_set(inflight)
         if mqtt_cfg.get("username"):
             self.client.username_pw_set(mqtt_cfg["username"], mqtt_cfg.get("password"))
-        self.tls_context = None
-        if mqtt_cfg.get("tls"):
-            from pi.tls import client_context
-
-            self.tls_context = client_context(mqtt_cfg["ca_file"], mqtt_cfg["cert_file"], mqtt_cfg["key_file"],
-                                              mqtt_cfg["alpn"])
+        if self.tls_context is not None:
             self.client.tls_set_context(self.tls_context)
         self.client.reconnect_delay_set(1, int(mqtt_cfg["reconnect_max_delay"]))
         self.client.will_set(mqtt_cfg["status_topic"], self._status_payload("offline", reason="connection lost"),
@@ -194,12 +201,6 @@ class MqttPublisher(OutboxPublisher):
         self.client.on_publish = lambda c, u, mid, rc=None, p=None: self._acked(mid)
 
     def _open(self) -> None:
-        if self.tls_context is not None:
-            from pi.tls import probe
-
-            why = probe(self.cfg["host"], self.cfg["port"], self.tls_context)
-            if why:
-                log.error("MQTT over TLS to %s:%s: %s", self.cfg["host"], self.cfg["port"], why)
         self.client.connect_async(self.cfg["host"], self.cfg["port"], keepalive=self.cfg["keepalive"])
         self.client.loop_start()
 
@@ -262,12 +263,14 @@ class AwsIotSdkPublisher(OutboxPublisher):
         c.configureDrainingFrequency(10)
         c.configureConnectDisconnectTimeout(10)
         c.configureMQTTOperationTimeout(10)
-        c.configureLastWill(mqtt_cfg["status_topic"], self._status_payload("offline", reason="connection lost"),
-                            1)
+        # the SDK's vendored paho 1.x takes str or bytearray payloads, not bytes
+        c.configureLastWill(mqtt_cfg["status_topic"],
+                            bytearray(self._status_payload("offline", reason="connection lost")), 1)
         c.onOnline = self._on_online
         c.onOffline = lambda: self._disconnected("offline")
         self.client = c
         self._opener: threading.Thread | None = None
+        self._ever_connected = False
 
     def _open(self) -> None:
         def connect_until_stopped():
@@ -286,6 +289,7 @@ class AwsIotSdkPublisher(OutboxPublisher):
         self._opener.start()
 
     def _on_online(self) -> None:
+        self._ever_connected = True
         for topic in self.handlers:
             self.client.subscribeAsync(topic, 1, messageCallback=lambda c, u, msg: self._message(msg.topic,
                                                                                              msg.payload))
@@ -294,19 +298,25 @@ class AwsIotSdkPublisher(OutboxPublisher):
 
     def _hand(self, row: Pending) -> int | None:
         try:
-            return self.client.publishAsync(row.topic, row.payload, row.qos, ackCallback=self._acked)
+            return self.client.publishAsync(row.topic, bytearray(row.payload), row.qos, ackCallback=self._acked)
         except Exception as exc:
             log.warning("AWS IoT SDK could not publish message %d: %s", row.id, exc)
             return None
 
     def _send_status(self, state: str, **extra) -> None:
+        payload = bytearray(self._status_payload(state, **extra))
         try:
-            # IoT Core ignores retain on older plans; the SDK's publish has no retain flag at all
-            self.client.publish(self.cfg["status_topic"], self._status_payload(state, **extra), 1)
+            # the SDK's publish has no retain flag; inside its callbacks only async calls are allowed
+            if state == "online":
+                self.client.publishAsync(self.cfg["status_topic"], payload, 1)
+            else:
+                self.client.publish(self.cfg["status_topic"], payload, 1)
         except Exception as exc:
             log.warning("AWS IoT SDK could not publish the %s status: %s", state, exc)
 
     def _close(self) -> None:
+        if not self._ever_connected:
+            return  # nothing to close, and the SDK would wait out its disconnect timeout
         try:
             self.client.disconnect()
         except Exception as exc:

@@ -36,12 +36,15 @@ def free_port() -> int:
 class Broker:
     """A Mosquitto process on 127.0.0.1 that a test can stop and start again on the same port."""
 
+    # started as root, mosquitto drops to the 'mosquitto' user, which cannot read pytest's private tmp dirs
+    run_as = "user root\n" if os.geteuid() == 0 else ""
+
     def __init__(self, workdir: Path, persistent: bool = False):
         self.port = free_port()
         self.conf = workdir / "mosquitto.conf"
         persistence = (f"persistence true\npersistence_location {workdir}/\n" if persistent
                        else "persistence false\n")
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{persistence}")
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{persistence}{self.run_as}")
         self.log = workdir / "mosquitto.log"
         self.proc: subprocess.Popen | None = None
 

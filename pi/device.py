@@ -69,6 +69,7 @@ class Device:
         self.device_id = cfg["device"]["id"]
         self.user = cfg["device"]["user"]
         self.registry = physio_model.ModelRegistry(cfg["device"]["data_dir"], self.user)
+        self.lock = None  # the data directory's DataDirLock, released by stop()
         self._listeners: list[queue.Queue] = []
         self._lock = threading.Lock()
         hardware.sampler.on_second = self._dispatch
@@ -85,6 +86,8 @@ class Device:
         self.publisher.outbox.close()
         self.hw.close()
         self.store.close()
+        if self.lock is not None:
+            self.lock.release()
         return left
 
     def _dispatch(self, record: SecondRecord) -> None:
@@ -284,9 +287,17 @@ def open_store(cfg: dict) -> LocalStore:
 def create(cfg: dict, simulate: bool, **hardware_overrides) -> Device:
     """Wire a Device from a validated config: hardware (real or simulated), MQTT, store, face model."""
     from pi.hardware import build
+    from pi.lock import DataDirLock
 
-    hardware = build(cfg, simulate, **hardware_overrides)
+    lock = DataDirLock(cfg["device"]["data_dir"]).acquire()
+    try:
+        hardware = build(cfg, simulate, **hardware_overrides)
+    except BaseException:
+        lock.release()
+        raise
     outbox = Outbox(Path(cfg["device"]["data_dir"]) / "outbox.sqlite", cfg["mqtt"]["outbox_max_messages"])
     publisher = make_publisher(cfg["mqtt"], cfg["device"]["id"], hardware.clock, outbox, cfg["mqtt"]["inflight"])
     face = load_face_pipeline(cfg) if hardware.camera is not None else None
-    return Device(cfg, hardware, publisher, open_store(cfg), face)
+    device = Device(cfg, hardware, publisher, open_store(cfg), face)
+    device.lock = lock
+    return device

@@ -14,6 +14,7 @@ it is switched off and our disk outbox sits in front of it). `make_publisher()` 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from abc import ABC, abstractmethod
 import time
@@ -195,7 +196,7 @@ class MqttPublisher(OutboxPublisher):
         self.client.will_set(mqtt_cfg["status_topic"], self._status_payload("offline", reason="connection lost"),
                              qos=1, retain=True)
         self.client.on_connect = self._on_connect
-        self.client.on_disconnect = lambda c, u, f, rc, p=None: self._disconnected(rc if rc != 0 else None)
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = lambda c, u, msg: self._message(msg.topic, msg.payload)
         self.client.on_subscribe = self._on_subscribe
         self.client.on_publish = lambda c, u, mid, rc=None, p=None: self._acked(mid)
@@ -213,6 +214,12 @@ class MqttPublisher(OutboxPublisher):
         else:
             self.ready.set()
         self._connected()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
+        # Jitter: paho doubles the delay from its minimum up to the maximum; drawing a new minimum for each
+        # outage spreads a fleet's reconnects after a broker restart instead of synchronising them.
+        client.reconnect_delay_set(random.uniform(0.5, 1.5), int(self.cfg["reconnect_max_delay"]))
+        self._disconnected(reason_code if reason_code != 0 else None)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties=None):
         if any(rc.is_failure for rc in reason_codes):

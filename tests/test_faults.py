@@ -83,3 +83,41 @@ def test_full_outbox_drops_oldest_training_records_first_and_counts(tmp_path, ca
     box.close()
     reopened = Outbox(tmp_path / "o.sqlite", max_messages=100)
     assert len(reopened) == 100 and reopened.dropped == 21  # durable across restarts
+
+
+def test_second_process_on_the_same_device_is_refused_clearly(broker, tmp_path):
+    daemon = start_cli("run", "--simulate", "--set", f"mqtt.port={broker.port}", "--set", f"device.data_dir={tmp_path}")
+    try:
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "emotion-edge.lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        result = subprocess.run([sys.executable, "-m", "pi", "collect", "--simulate", "--label", "sad", "--duration",
+                                 "2", "--set", f"mqtt.port={broker.port}", "--set", f"device.data_dir={tmp_path}"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1
+        assert f"(pid {daemon.pid})" in result.stderr and "MQTT commands" in result.stderr
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(5)
+
+
+def test_daemon_resubscribes_after_the_broker_restarts(broker, recorder, tmp_path):
+    """A broker without persistence forgets subscriptions; the daemon must subscribe again."""
+    daemon = start_cli("run", "--simulate", "--set", f"mqtt.port={broker.port}", "--set", f"device.data_dir={tmp_path}",
+                       "--set", "sim.speed=20", "--set", "mqtt.reconnect_max_delay=2")
+    rec = recorder(["iotsensors/#"])
+    status = "iotsensors/emotion-pi-01/status"
+    try:
+        assert rec.wait_for(lambda: sum(s["state"] == "online" for s in rec.on(status)) >= 1, 20)
+        broker.stop()
+        time.sleep(1)
+        broker.start()
+        assert rec.wait_for(lambda: sum(s["state"] == "online" for s in rec.on(status)) >= 2, 20)
+        rec.publish("iotsensors/emotion-pi-01/command",
+                    json.dumps({"command": "detect", "window_s": 2, "request_id": "after-restart"}).encode())
+        assert rec.wait_for(lambda: any(r.get("request_id") == "after-restart"
+                                        for r in rec.on("iotsensors/infer/result")), 20)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(5)

@@ -133,3 +133,19 @@ def test_aws_iot_core_profile_rules():
     assert result.returncode == 2
     for key in ("mqtt.tls", "mqtt.alpn", "mqtt.keepalive", "mqtt.ca_file", "mqtt.cert_file", "mqtt.key_file"):
         assert key in result.stderr
+
+
+def test_iot_policy_and_rules_confine_the_device():
+    policy = json.loads((ROOT / "scripts" / "aws" / "iot-policy.json").read_text())
+    by_action = {}
+    for statement in policy["Statement"]:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        assert statement["Effect"] == "Allow" and "*" not in [r.split(":")[-1] for r in resources]
+        for action in actions:
+            by_action.setdefault(action, []).extend(resources)
+    assert by_action["iot:Connect"] == ["arn:aws:iot:REGION:ACCOUNT_ID:client/${iot:Connection.Thing.ThingName}"]
+    for action in ("iot:Publish", "iot:Subscribe", "iot:Receive"):
+        assert all(r.split(":")[-1].split("/", 1)[1].startswith("iotsensors/") for r in by_action[action])
+    rules = (ROOT / "scripts" / "aws" / "rules.sql").read_text()
+    assert "SELECT * FROM 'iotsensors/train'" in rules and "SELECT * FROM 'iotsensors/infer'" in rules

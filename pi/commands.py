@@ -38,16 +38,22 @@ def _number(obj: dict, key: str, low: float, high: float, default=None) -> float
     return float(value)
 
 
-def parse_command(payload: bytes, labels: list[str], max_window_s: float = 300.0) -> Command:
-    """Parse one command payload; raise CommandError naming what is wrong."""
+def _json_object(payload: bytes, what: str) -> dict:
+    """The payload as a JSON object, or a CommandError saying why it is not one (size checked first)."""
     if len(payload) > MAX_COMMAND_BYTES:
-        raise CommandError(f"command is {len(payload)} bytes; the limit is {MAX_COMMAND_BYTES}")
+        raise CommandError(f"{what} is {len(payload)} bytes; the limit is {MAX_COMMAND_BYTES}")
     try:
         obj = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CommandError(f"command is not JSON: {exc}") from None
+        raise CommandError(f"{what} is not JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise CommandError(f"command must be a JSON object, got {type(obj).__name__}")
+        raise CommandError(f"{what} must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def parse_command(payload: bytes, labels: list[str], max_window_s: float = 300.0) -> Command:
+    """Parse one command payload; raise CommandError naming what is wrong."""
+    obj = _json_object(payload, "command")
     kind = obj.get("command")
     known = {"detect": {"command", "window_s", "request_id"},
              "collect": {"command", "label", "duration_s"}, "stop": {"command"}}
@@ -82,14 +88,7 @@ class Feedback:
 
 def parse_feedback(payload: bytes, labels: list[str]) -> Feedback:
     """A carer's correction: {"request_id": "...", "label": "sad"}; raise CommandError naming the problem."""
-    if len(payload) > MAX_COMMAND_BYTES:
-        raise CommandError(f"feedback is {len(payload)} bytes; the limit is {MAX_COMMAND_BYTES}")
-    try:
-        obj = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CommandError(f"feedback is not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise CommandError(f"feedback must be a JSON object, got {type(obj).__name__}")
+    obj = _json_object(payload, "feedback")
     unknown = set(obj) - {"request_id", "label"}
     if unknown:
         raise CommandError(f"unknown field(s) in feedback: {', '.join(sorted(map(str, unknown)))}")

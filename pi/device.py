@@ -160,20 +160,23 @@ class Device:
         return apply_feedback(self.cfg, self.store, self.registry, request_id, label, self.clock.wall())
 
     # -- detect --------------------------------------------------------------------------------------
-    def _grab_face(self, notes: list[str]):
+    def _grab_face(self, notes: list[str], face_probs: list) -> int:
+        """Grab one frame and classify its face into `face_probs`; return 1 if a frame came, else 0."""
         camera = self.hw.camera
         if camera is None:
-            return None, False
+            return 0
         try:
             frame = camera.read()
         except CameraError as exc:
-            if "camera" not in " ".join(notes):
+            if not any(n.startswith("camera failed") for n in notes):
                 notes.append(f"camera failed: {exc}")
                 log.warning("camera failed during detection: %s; continuing on physiology", exc)
-            return None, False
-        if self.face is None:
-            return None, True
-        return self.face.analyse(frame), True
+            return 0
+        if self.face is not None:
+            result = self.face.analyse(frame)
+            if result.probabilities is not None:
+                face_probs.append(result.probabilities)
+        return 1
 
     def detect(self, window_s: float | None = None, request_id: str | None = None,
                stop: threading.Event | None = None) -> dict | None:
@@ -193,10 +196,7 @@ class Device:
             while len(seconds) < int(round(window_s)):
                 while frame_times and self.clock.monotonic() - start >= frame_times[0]:
                     frame_times.pop(0)
-                    result, got_frame = self._grab_face(notes)
-                    frames += got_frame
-                    if result is not None and result.probabilities is not None:
-                        face_probs.append(result.probabilities)
+                    frames += self._grab_face(notes, face_probs)
                 try:
                     record = q.get(timeout=0.05)
                 except queue.Empty:
@@ -207,10 +207,7 @@ class Device:
         finally:
             self._unlisten(q)
         for _ in frame_times:  # frames scheduled in the last instant of the window
-            result, got_frame = self._grab_face(notes)
-            frames += got_frame
-            if result is not None and result.probabilities is not None:
-                face_probs.append(result.probabilities)
+            frames += self._grab_face(notes, face_probs)
         return self._conclude(request_id, seconds, frames, face_probs, notes)
 
     def _conclude(self, request_id, seconds, frames, face_probs, notes) -> dict:

@@ -13,6 +13,7 @@ need=""
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need="$need mosquitto"
 command -v mosquitto_sub >/dev/null 2>&1 || need="$need mosquitto-clients"
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need="$need python3-venv"
+command -v openssl >/dev/null 2>&1 || need="$need openssl"
 if [ -n "$need" ]; then
   echo ">> apt-get install$need"
   $SUDO apt-get update -qq

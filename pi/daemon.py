@@ -6,6 +6,7 @@ import logging
 import queue
 import signal
 import threading
+import time
 
 from pi import messages
 from pi.commands import Command, Feedback, parse_command, parse_feedback
@@ -95,10 +96,12 @@ class Daemon:
         started = clock.monotonic()
         press_every = self.cfg["sim"]["button_every_s"] if self.device.hw.person is not None else 0
         next_press = started + press_every if press_every else None
+        last_ping = 0.0
         try:
             while not self.stop_event.is_set():
-                if watchdog is not None:
-                    notify("WATCHDOG=1")
+                if watchdog is not None and time.monotonic() - last_ping >= watchdog:
+                    notify("WATCHDOG=1")  # from the main loop: a hung loop stops the pings
+                    last_ping = time.monotonic()
                 now = clock.monotonic()
                 if max_seconds is not None and now - started >= max_seconds:
                     break

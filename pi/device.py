@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from pi import fusion, messages, physio_model
-from pi.personalise import apply_feedback, fused_distribution
 from pi.errors import CameraError, DegradedWarning, EmotionEdgeError, ModelError
 from pi.hardware import Hardware
 from pi.outbox import Outbox
+from pi.personalise import apply_feedback, fused_distribution
 from pi.publisher import OutboxPublisher, make_publisher
 from pi.sampler import SecondRecord
 from pi.store import LocalStore
@@ -34,7 +34,7 @@ class CollectSummary:
     session_id: str
     label: str
     records: int
-    pending: int  # messages not yet acknowledged by the broker when the session ended
+    pending: int  # messages still in the outbox (unacknowledged) when the session ended
 
 
 def new_id() -> str:
@@ -69,7 +69,7 @@ class Device:
         self.device_id = cfg["device"]["id"]
         self.user = cfg["device"]["user"]
         self.registry = physio_model.ModelRegistry(cfg["device"]["data_dir"], self.user)
-        self.lock = None  # the data directory's DataDirLock, released by stop()
+        self.data_dir_lock = None  # this process's claim on the data directory, released by stop()
         self._listeners: list[queue.Queue] = []
         self._lock = threading.Lock()
         hardware.sampler.on_second = self._dispatch
@@ -80,14 +80,14 @@ class Device:
         self.hw.sampler.start()
 
     def stop(self, flush_timeout: float = 1.0) -> int:
-        """Stop sampling, close the hardware, flush and disconnect; return unacknowledged messages."""
+        """Stop sampling, flush and disconnect, close everything; return messages left in the outbox."""
         self.hw.sampler.stop()
         left = self.publisher.stop(flush_timeout)
         self.publisher.outbox.close()
         self.hw.close()
         self.store.close()
-        if self.lock is not None:
-            self.lock.release()
+        if self.data_dir_lock is not None:
+            self.data_dir_lock.release()
         return left
 
     def _dispatch(self, record: SecondRecord) -> None:
@@ -151,10 +151,6 @@ class Device:
         return CollectSummary(session_id, label, seq, self.publisher.pending)
 
     # -- personal models ---------------------------------------------------------------------------
-    def fit(self) -> tuple[dict, object]:
-        """Train the user's physiology model on their sessions; install it if it beats the majority class."""
-        return physio_model.fit_user(self.store.records(self.user), self.registry)
-
     def apply_feedback(self, request_id: str, label: str) -> dict:
         """Record a carer's correction and, when enough have come, refit (installing only improvements)."""
         return apply_feedback(self.cfg, self.store, self.registry, request_id, label, self.clock.wall())
@@ -296,5 +292,5 @@ def create(cfg: dict, simulate: bool, **hardware_overrides) -> Device:
     publisher = make_publisher(cfg["mqtt"], cfg["device"]["id"], hardware.clock, outbox, cfg["mqtt"]["inflight"])
     face = load_face_pipeline(cfg) if hardware.camera is not None else None
     device = Device(cfg, hardware, publisher, open_store(cfg), face)
-    device.lock = lock
+    device.data_dir_lock = lock
     return device

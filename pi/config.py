@@ -145,6 +145,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "min_face": Field("int", 48, "smallest face side in pixels at detection scale (48 at width 320 is "
                           "96 px of a 640x480 frame, a face about 1 m away)", min=12, max=1000),
         "scale_factor": Field("float", 1.1, "Haar image-pyramid step", min=1.01, max=2.0),
+        "flip_average": Field("bool", True, "also classify the mirrored face and average (see models/fer.json "
+                              "for the measured gain)"),
         "margin": Field("float", 0.1, "margin added around the detected face box", min=0, max=1),
     },
     "button": {

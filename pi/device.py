@@ -50,7 +50,7 @@ def load_face_pipeline(cfg: dict):
     try:
         classifier = ExpressionClassifier.from_metadata(face["model"], face["metadata"], face["threads"])
         return FacePipeline(FaceDetector(face["detect_width"], face["min_face"], face["margin"],
-                                         face["scale_factor"]), classifier)
+                                         face["scale_factor"]), classifier, face["flip_average"])
     except ModelError as exc:
         warnings.warn(f"face model unavailable ({exc}); detections use physiology alone", DegradedWarning,
                       stacklevel=2)

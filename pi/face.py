@@ -72,11 +72,13 @@ class FaceDetector:
 
 
 class FacePipeline:
-    """Frame in, FaceResult out."""
+    """Frame in, FaceResult out. `flip_average` also classifies the mirrored face and averages (test-time
+    augmentation: one more invoke, well under a millisecond)."""
 
-    def __init__(self, detector: FaceDetector, classifier: ExpressionClassifier):
+    def __init__(self, detector: FaceDetector, classifier: ExpressionClassifier, flip_average: bool = False):
         self.detector = detector
         self.classifier = classifier
+        self.flip_average = flip_average
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -88,4 +90,5 @@ class FacePipeline:
         if box is None:
             return FaceResult(None, None, None)
         face = self.detector.crop(gray, box, self.classifier.input_size)
-        return FaceResult(box, self.classifier.predict(face)[0], cascade)
+        faces = np.stack([face, face[:, ::-1]]) if self.flip_average else face[None]
+        return FaceResult(box, self.classifier.predict(faces).mean(axis=0), cascade)

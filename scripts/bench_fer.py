@@ -114,11 +114,14 @@ def main(argv=None) -> int:
     detector = FaceDetector()
     full = FaceDetector(detect_width=gray.shape[1])
     pipeline = FacePipeline(detector, ours["int8"])
+    pipeline_flip = FacePipeline(detector, ours["int8"], flip_average=True)
     haar_repeats = max(20, args.repeats // 10)
     result["frame"] = [int(gray.shape[1]), int(gray.shape[0])]
     result["haar_ms"] = {f"at_width_{detector.detect_width}": median_ms(lambda: detector.find(gray), haar_repeats, 3),
                          "at_full_640": median_ms(lambda: full.find(gray), haar_repeats, 3)}
     result["frame_detect_and_classify_ms"] = median_ms(lambda: pipeline.analyse(frame), haar_repeats, 3)
+    result["frame_detect_and_classify_flip_average_ms"] = median_ms(lambda: pipeline_flip.analyse(frame),
+                                                                    haar_repeats, 3)
     result["face_found_in_bench_frame"] = pipeline.analyse(frame).box is not None
     result["model_bytes"] = {"ours_int8": (ROOT / "models/fer_int8.tflite").stat().st_size,
                              "ours_float": (ROOT / "models/fer_float.tflite").stat().st_size,

@@ -121,3 +121,19 @@ def test_daemon_resubscribes_after_the_broker_restarts(broker, recorder, tmp_pat
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(5)
+
+
+def test_oversized_message_is_rejected_before_it_is_stored(tmp_path):
+    from pi.clock import Clock
+    from pi.config import load
+    from pi.errors import PublishError
+    from pi.publisher import make_publisher
+
+    cfg = load(None, [f"device.data_dir={tmp_path}"])
+    box = Outbox(tmp_path / "o.sqlite")
+    publisher = make_publisher(cfg["mqtt"], "dev", Clock(), box)
+    with pytest.raises(PublishError, match="over the 131072-byte limit"):
+        publisher.publish("iotsensors/infer", {"type": "window", "series": [0.1] * 40000})
+    assert len(box) == 0
+    publisher.publish("iotsensors/infer", {"type": "window", "series": [0.1] * 100})
+    assert len(box) == 1

@@ -82,7 +82,7 @@ def test_finger_off_episode_is_flagged_and_recovers(manual_clock):
     assert back.quality in ("ok", "poor") and back.bpm is not None
 
 
-def test_i2c_burst_costs_samples_not_the_loop(manual_clock):
+def test_i2c_burst_costs_samples_not_the_loop(manual_clock, caplog):
     person = SimulatedPerson("neutral", seed=4)
     sampler, bus, records = make_chain(manual_clock, person)
     run_seconds(sampler, manual_clock, 3)
@@ -90,6 +90,7 @@ def test_i2c_burst_costs_samples_not_the_loop(manual_clock):
     run_seconds(sampler, manual_clock, 2)
     run_seconds(sampler, manual_clock, 2)
     assert records[3].i2c_errors > 0 and records[3].quality == "poor"
+    assert "I2C:" in caplog.text and "failed sample(s) in the last second" in caplog.text
     assert records[-1].i2c_errors == 0 and records[-1].skin_conductance is not None
 
 

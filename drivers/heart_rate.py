@@ -65,6 +65,7 @@ class BeatRateEstimator:
         self._intervals: deque[tuple[float, float]] = deque()  # (beat time, interval)
         self._rejected: deque[float] = deque()  # times of rejected beats/intervals
         self._recent: deque[float] = deque(maxlen=8)  # last raw intervals, the artefact reference
+        self._outcomes: deque[bool] = deque(maxlen=6)  # recent beats: rejected as glitch or not
         self._lock = threading.Lock()
 
     def _median(self) -> float | None:
@@ -79,7 +80,12 @@ class BeatRateEstimator:
             median = self._median()
             if interval < self.min_interval or (median is not None and interval < 0.7 * median):
                 self._rejected.append(t)  # glitch: keep the previous beat as reference
+                self._outcomes.append(True)
+                if sum(self._outcomes) >= 3:  # half the recent beats "glitches": the reference is wrong
+                    self._recent.clear()
+                    self._outcomes.clear()
                 return
+            self._outcomes.append(False)
             self._last_beat = t
             self._recent.append(interval)  # the reference follows real rate changes within a few beats
             if interval > self.max_interval or (median is not None and interval > 1.6 * median):
@@ -115,6 +121,7 @@ class BeatRateEstimator:
             self._intervals.clear()
             self._rejected.clear()
             self._recent.clear()
+            self._outcomes.clear()
 
 
 class GpioBeatInput:

@@ -98,7 +98,8 @@ class PpgBeatDetector:
         new = []
         min_gap = 60.0 / self.max_bpm
         for rel in beats:
-            bt = times[0] + rel
+            # map the sample position back to clock time: the sampler may have skipped late ticks
+            bt = float(np.interp(rel * self.fs, np.arange(len(times)), times))
             # peaks at either edge of the buffer may be cut excursions, not maxima: wait or skip them
             if bt > t - self.settle_s or bt < times[0] + self.settle_s or bt <= self._last_emitted + min_gap:
                 continue

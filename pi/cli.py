@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -105,9 +106,9 @@ def cmd_collect(args) -> int:
     if args.duration <= 0:
         raise ConfigError({"--duration": "must be positive"})
     device = create(cfg, args.simulate)
-    device.start()
-    device.warm_up()
     try:
+        device.start()
+        device.warm_up()
         summary = device.collect(args.label, args.duration)
     finally:
         left = _finish(device, cfg)
@@ -123,9 +124,9 @@ def cmd_detect(args) -> int:
     if args.window is not None and not 1 <= args.window <= 300:
         raise ConfigError({"--window": "must be between 1 and 300 seconds"})
     device = create(cfg, args.simulate)
-    device.start()
-    device.warm_up()
     try:
+        device.start()
+        device.warm_up()
         result = device.detect(args.window)
     finally:
         left = _finish(device, cfg)
@@ -243,6 +244,10 @@ def _main(argv: list[str] | None) -> int:
     except EmotionEdgeError as exc:
         log.error("%s", exc)
         print(f"emotion-edge: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, sqlite3.Error) as exc:  # e.g. a data directory this user may not write
+        log.error("%s", exc)
+        print(f"emotion-edge: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -57,14 +57,14 @@ def parse_command(payload: bytes, labels: list[str], max_window_s: float = 300.0
     kind = obj.get("command")
     known = {"detect": {"command", "window_s", "request_id"},
              "collect": {"command", "label", "duration_s"}, "stop": {"command"}}
-    if kind not in known:
+    if not isinstance(kind, str) or kind not in known:
         raise CommandError(f"'command' must be one of {', '.join(known)}; got {kind!r}")
     unknown = set(obj) - known[kind]
     if unknown:
         raise CommandError(f"unknown field(s) for {kind}: {', '.join(sorted(map(str, unknown)))}")
     if kind == "detect":
         request_id = obj.get("request_id")
-        if request_id is not None and (not isinstance(request_id, str) or not REQUEST_ID_RE.match(request_id)):
+        if request_id is not None and (not isinstance(request_id, str) or not REQUEST_ID_RE.fullmatch(request_id)):
             raise CommandError("'request_id' must be 1-64 characters of letters, digits, _ . -")
         return Command("detect", window_s=_number(obj, "window_s", 1, max_window_s), request_id=request_id)
     if kind == "collect":
@@ -93,7 +93,7 @@ def parse_feedback(payload: bytes, labels: list[str]) -> Feedback:
     if unknown:
         raise CommandError(f"unknown field(s) in feedback: {', '.join(sorted(map(str, unknown)))}")
     request_id, label = obj.get("request_id"), obj.get("label")
-    if not isinstance(request_id, str) or not REQUEST_ID_RE.match(request_id):
+    if not isinstance(request_id, str) or not REQUEST_ID_RE.fullmatch(request_id):
         raise CommandError("'request_id' is required: 1-64 characters of letters, digits, _ . -")
     if not isinstance(label, str) or label not in labels:
         raise CommandError(f"'label' must be one of {', '.join(labels)}; got {label!r}")

@@ -7,6 +7,7 @@ user fixes a broken file in one go. `--set a.b=value` overrides go through the s
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -37,7 +38,9 @@ class Field:
 
 
 def _label_list(value: list) -> str | None:
-    bad = [v for v in value if not isinstance(v, str) or not LABEL_RE.match(v)]
+    if not value:
+        return "must name at least one label"
+    bad = [v for v in value if not isinstance(v, str) or not LABEL_RE.fullmatch(v)]
     if bad:
         return f"labels must be lower-case words (a-z, 0-9, _ or -), got {bad!r}"
     if len(set(value)) != len(value):
@@ -58,10 +61,10 @@ def _topic(value: str) -> str | None:
 SCHEMA: dict[str, dict[str, Field]] = {
     "device": {
         "id": Field("str", "emotion-pi-01", "device id: MQTT client id and `device_id` in every message",
-                    check=lambda v: None if re.match(r"^[A-Za-z0-9_.:-]{1,64}$", v) else
+                    check=lambda v: None if re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", v) else
                     "must be 1-64 characters of letters, digits, _ . : -"),
         "user": Field("str", "default", "the wearer; every record carries it and personal models are per user",
-                      check=lambda v: None if re.match(r"^[A-Za-z0-9_.-]{1,64}$", v) else
+                      check=lambda v: None if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v) else
                       "must be 1-64 characters of letters, digits, _ . -"),
         "data_dir": Field("str", None, "local store; default $STATE_DIRECTORY or ~/.local/share/emotion-edge",
                           nullable=True),
@@ -213,6 +216,8 @@ def _check_value(path: str, spec: Field, value: Any) -> tuple[Any, str | None]:
         return value, f"expected {spec.kind}, got {type(value).__name__} {value!r}"
     if spec.kind == "float":
         value = float(value)
+        if not math.isfinite(value):
+            return value, f"must be a finite number, got {value!r}"
     if spec.choices and value not in spec.choices:
         return value, f"must be one of {', '.join(map(str, spec.choices))}; got {value!r}"
     if spec.min is not None and value < spec.min:
@@ -267,6 +272,15 @@ def _cross_checks(cfg: dict) -> dict[str, str]:
         problems["heart.min_bpm"] = "must be below heart.max_bpm"
     if cfg["heart"]["source"] != "gpio" and cfg["heart"]["channel"] == cfg["gsr"]["channel"]:
         problems["heart.channel"] = "must differ from gsr.channel"
+    if cfg["heart"]["source"] == "gpio" and cfg["button"]["enabled"] and cfg["heart"]["gpio_pin"] == cfg["button"]["pin"]:
+        problems["heart.gpio_pin"] = "must differ from button.pin"
+    topics = {k: cfg["mqtt"][k] for k in ("train_topic", "infer_topic", "result_topic", "command_topic",
+                                          "status_topic", "error_topic", "feedback_topic")}
+    seen: dict[str, str] = {}
+    for key, topic in topics.items():  # e.g. command == error would feed every rejection back as a command
+        if topic in seen:
+            problems[f"mqtt.{key}"] = f"must differ from mqtt.{seen[topic]} (both {topic!r})"
+        seen.setdefault(topic, key)
     problems.update(_mqtt_checks(cfg["mqtt"]))
     return problems
 

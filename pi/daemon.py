@@ -11,7 +11,7 @@ import time
 from pi import messages
 from pi.commands import Command, Feedback, parse_command, parse_feedback
 from pi.device import Device
-from pi.errors import CommandError, EmotionEdgeError
+from pi.errors import CommandError, EmotionEdgeError, HardwareError
 from pi.systemd import notify, watchdog_interval_s
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,10 @@ class Daemon:
         from drivers.button import DetectButton
 
         b = self.cfg["button"]
-        self.button = DetectButton(b["pin"], self.on_button, self.device.hw.pin_factory, b["bounce_s"])
+        try:
+            self.button = DetectButton(b["pin"], self.on_button, self.device.hw.pin_factory, b["bounce_s"])
+        except Exception as exc:  # gpiozero raises its own tree (pin in use, no pin factory, ...)
+            raise HardwareError(f"cannot use GPIO{b['pin']} for the button: {type(exc).__name__}: {exc}") from None
 
     def run(self, max_seconds: float | None = None) -> None:
         """Serve until SIGTERM/SIGINT (or `max_seconds` of clock time, for demos and tests)."""
@@ -93,15 +96,20 @@ class Daemon:
         log.info("emotion-edge running as %s", self.device.device_id)
         watchdog = watchdog_interval_s()
         clock = self.device.clock
+        last_ping = [0.0]
+
+        def ping() -> None:  # from the main loop and from inside jobs: only a hung loop stops the pings
+            if watchdog is not None and time.monotonic() - last_ping[0] >= watchdog:
+                notify("WATCHDOG=1")
+                last_ping[0] = time.monotonic()
+
+        self.device.heartbeat = ping
         started = clock.monotonic()
         press_every = self.cfg["sim"]["button_every_s"] if self.device.hw.person is not None else 0
         next_press = started + press_every if press_every else None
-        last_ping = 0.0
         try:
             while not self.stop_event.is_set():
-                if watchdog is not None and time.monotonic() - last_ping >= watchdog:
-                    notify("WATCHDOG=1")  # from the main loop: a hung loop stops the pings
-                    last_ping = time.monotonic()
+                ping()
                 now = clock.monotonic()
                 if max_seconds is not None and now - started >= max_seconds:
                     break
@@ -137,6 +145,10 @@ class Daemon:
             kind = getattr(command, "kind", "feedback")
             log.error("%s job failed: %s", kind, exc)
             self._report_error(str(exc), kind, b"")
+        except Exception as exc:  # a bug or a full disk must cost this job, not the service
+            kind = getattr(command, "kind", "feedback")
+            log.exception("%s job failed unexpectedly", kind)
+            self._report_error(f"internal error: {type(exc).__name__}: {exc}", kind, b"")
 
 
 class _AnyEvent:

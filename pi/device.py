@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pi import fusion, messages, physio_model
-from pi.errors import CameraError, DegradedWarning, EmotionEdgeError, ModelError
+from pi.errors import CameraError, CommandError, DegradedWarning, EmotionEdgeError, ModelError
 from pi.hardware import Hardware
 from pi.outbox import Outbox
 from pi.personalise import apply_feedback, fused_distribution
@@ -72,6 +73,7 @@ class Device:
         self.data_dir_lock = None  # this process's claim on the data directory, released by stop()
         self._listeners: list[queue.Queue] = []
         self._lock = threading.Lock()
+        self.heartbeat = lambda: None  # called while waiting for records: the daemon feeds its watchdog here
         hardware.sampler.on_second = self._dispatch
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -106,16 +108,19 @@ class Device:
         with self._lock:
             self._listeners.remove(q)
 
-    def _next_second(self, q: queue.Queue, stop: threading.Event | None, timeout_s: float = 5.0):
-        """The next per-second record, or None if stopped; raises if the sampler has gone silent."""
-        waited = 0.0
+    def _next_second(self, q: queue.Queue, stop: threading.Event | None, give_up_s: float | None = None):
+        """The next per-second record; None if stopped (or after `give_up_s` real seconds without one).
+        Raises if the sampler thread has died, so no session waits forever on silence."""
+        deadline = None if give_up_s is None else time.monotonic() + give_up_s
         while not (stop is not None and stop.is_set()):
+            self.heartbeat()
             try:
-                return q.get(timeout=0.1)
+                return q.get(timeout=0.05)
             except queue.Empty:
-                waited += 0.1
-                if waited > timeout_s and not self.hw.sampler.running:
+                if not self.hw.sampler.running:
                     raise EmotionEdgeError("the sampler stopped; no physiology is arriving") from None
+                if deadline is not None and time.monotonic() > deadline:
+                    return None
         return None
 
     def warm_up(self, max_s: float = 6.0) -> None:
@@ -178,6 +183,8 @@ class Device:
                stop: threading.Event | None = None) -> dict | None:
         """Sample a window, grab frames, publish the window and the result; return the result message."""
         window_s = window_s or self.cfg["detect"]["window_s"]
+        if request_id is not None and self.store.detection(request_id) is not None:
+            raise CommandError(f"request_id {request_id!r} was already used on this device; ids must be unique")
         request_id = request_id or new_id()
         n_frames = self.cfg["camera"]["frames_per_window"] if self.hw.camera is not None else 0
         frame_times = [(k + 0.5) * window_s / n_frames for k in range(n_frames)]
@@ -193,9 +200,8 @@ class Device:
                 while frame_times and self.clock.monotonic() - start >= frame_times[0]:
                     frame_times.pop(0)
                     frames += self._grab_face(notes, face_probs)
-                try:
-                    record = q.get(timeout=0.05)
-                except queue.Empty:
+                record = self._next_second(q, stop, give_up_s=0.05)  # short: frames are due in between
+                if record is None:
                     if stop is not None and stop.is_set():
                         return None
                     continue

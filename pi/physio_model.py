@@ -32,11 +32,12 @@ BASELINE_LABEL = "baseline"
 
 def window_features(scl: Sequence[float | None], bpm: Sequence[float | None]) -> np.ndarray | None:
     """Features of one window of per-second values (None where a second had none); None if too sparse."""
+    at = np.array([i for i, v in enumerate(scl) if v is not None], dtype=float)  # seconds with values
     g = np.array([v for v in scl if v is not None], dtype=float)
     h = np.array([v for v in bpm if v is not None], dtype=float)
     if len(g) < MIN_VALID or len(h) < MIN_VALID:
         return None
-    slope = float(np.polyfit(np.arange(len(g)), g, 1)[0])
+    slope = float(np.polyfit(at, g, 1)[0])
     return np.array([g.mean(), slope, g.max() - g.min(), h.mean(), h.std()])
 
 

@@ -109,7 +109,10 @@ class OutboxPublisher(ABC):
     def _message(self, topic: str, payload: bytes) -> None:
         handler = self.handlers.get(topic)
         if handler is not None:
-            handler(payload)
+            try:
+                handler(payload)
+            except Exception:  # an exception would end the transport's network thread for good
+                log.exception("handler for %s failed", topic)
 
     def _acked(self, mid: int) -> None:
         with self._lock:
@@ -136,20 +139,31 @@ class OutboxPublisher(ABC):
             self._wake.clear()
             if not self.connected.is_set():
                 continue
+            try:
+                self._send_batch()
+            except Exception:  # e.g. a full disk: log, keep the thread, retry on the next wake
+                log.exception("MQTT sender failed; retrying")
+                self._stop.wait(1.0)
+
+    def _send_batch(self) -> None:
+        with self._lock:
+            room, last = self.inflight - len(self._inflight), self._last_handed
+        for row in self.outbox.after(last, room) if room > 0 else ():
+            mid = self._hand(row)
+            if mid is None:
+                break
             with self._lock:
-                room, last = self.inflight - len(self._inflight), self._last_handed
-            for row in self.outbox.after(last, room) if room > 0 else ():
-                mid = self._hand(row)
-                if mid is None:
-                    break
-                with self._lock:
-                    self._last_handed = row.id
-                    acked = row.qos == 0 or mid in self._acked_early
-                    self._acked_early.discard(mid)
-                    if not acked:
-                        self._inflight[mid] = row.id
-                if acked:
-                    self.outbox.delete(row.id)
+                self._last_handed = row.id
+                acked = row.qos == 0 or mid in self._acked_early
+                self._acked_early.discard(mid)
+                if not acked:
+                    self._inflight[mid] = row.id
+            if acked:
+                self.outbox.delete(row.id)
+        with self._lock:
+            # early PUBACKs were consumed above; anything left belongs to status messages, and keeping it
+            # would wrongly ack a data message once the 16-bit message ids wrap around
+            self._acked_early.clear()
 
     @property
     def pending(self) -> int:
@@ -296,10 +310,15 @@ class AwsIotSdkPublisher(OutboxPublisher):
         self._opener.start()
 
     def _on_online(self) -> None:
+        first = not self._ever_connected
         self._ever_connected = True
-        for topic in self.handlers:
-            self.client.subscribeAsync(topic, 1, messageCallback=lambda c, u, msg: self._message(msg.topic,
-                                                                                             msg.payload))
+        if first:  # after a reconnect the SDK resubscribes by itself (and refuses our calls while it does)
+            for topic in self.handlers:
+                try:
+                    self.client.subscribeAsync(topic, 1, messageCallback=lambda c, u, msg: self._message(
+                        msg.topic, msg.payload))
+                except Exception as exc:
+                    log.error("AWS IoT SDK could not subscribe to %s: %s", topic, exc)
         self.ready.set()
         self._connected()
 

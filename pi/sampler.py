@@ -142,7 +142,7 @@ class Sampler:
                 acc.conductance_sum += reading.conductance_us
             if self.heart.sampled:
                 self.heart.feed(t, self.adc.read_voltage_mv(self.heart_channel))
-        except I2CError as exc:
+        except (I2CError, ValueError) as exc:  # ValueError: a corrupt word (e.g. 0xFFFF) from the bus
             acc.i2c_errors += 1
             acc.last_error = str(exc)
 

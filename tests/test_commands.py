@@ -26,6 +26,8 @@ def test_valid_commands():
     (b"\xff\xfe", "not JSON"),
     (b"[1, 2]", "JSON object"),
     ({"command": "explode"}, "'command' must be one of"),
+    ({"command": []}, "'command' must be one of"),
+    ({"command": "detect", "request_id": "abc\n"}, "request_id"),
     ({"cmd": "detect"}, "'command' must be one of"),
     ({"command": "detect", "window_s": "10"}, "'window_s' must be a number"),
     ({"command": "detect", "window_s": True}, "'window_s' must be a number"),

@@ -40,6 +40,17 @@ def test_every_problem_is_reported_with_its_dotted_key(tmp_path):
     assert "0x04" in problems["i2c.address"]
 
 
+@pytest.mark.parametrize("override,key", [
+    ("sampling.rate_hz=.nan", "sampling.rate_hz"),
+    ("detect.emotions=[]", "detect.emotions"),
+    ("mqtt.error_topic=iotsensors/{device_id}/command", "mqtt.error_topic"),
+])
+def test_values_that_would_fail_later_are_refused_now(override, key):
+    with pytest.raises(ConfigError) as info:
+        config.load(None, [override])
+    assert key in info.value.problems
+
+
 def test_cross_field_check(tmp_path):
     with pytest.raises(ConfigError) as info:
         config.load(None, ["heart.channel=0"])

@@ -96,6 +96,9 @@ def test_daemon_serves_commands_rejects_bad_ones_and_stops_on_sigterm(daemon, re
     assert rec.wait_for(lambda: any(r["request_id"] == "req-42" for r in rec.on("iotsensors/infer/result")))
     assert rec.wait_for(lambda: len(rec.on("iotsensors/train")) >= 3)
     assert [r["mood"] for r in rec.on("iotsensors/train")] == ["sad"] * 3
+    rec.publish(command, json.dumps({"command": "detect", "window_s": 2, "request_id": "req-42"}).encode())
+    assert rec.wait_for(lambda: any("already used" in e["error"] for e in rec.on("iotsensors/emotion-pi-01/error")))
+    assert len(rec.on("iotsensors/infer/result")) == 1  # the first detection is not replaced
     assert daemon.poll() is None  # bad commands did not hurt it
     started = time.monotonic()
     daemon.send_signal(signal.SIGTERM)

@@ -108,3 +108,16 @@ def test_gpio_ear_clip_edges_give_bpm(manual_clock):
         pin.drive_low()
     assert estimator.rate(manual_clock.t).bpm == pytest.approx(80, abs=0.5)
     gpio.close()
+
+
+def test_estimator_recovers_from_a_doubled_reference():
+    """A missed-beat start (intervals of 1.6 s) must not lock the rate at half its true value."""
+    estimator = BeatRateEstimator(30, 220, 10)
+    t = 0.0
+    for step in (1.6, 1.6, 0.8):
+        estimator.add_beat(t)
+        t += step
+    for _ in range(39):
+        estimator.add_beat(t)
+        t += 0.8
+    assert estimator.rate(t).bpm == pytest.approx(75, abs=1)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from pi.errors import ModelError
+from pi.errors import DegradedWarning, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +64,23 @@ class ExpressionClassifier:
         if not model_path.is_file():
             raise ModelError(f"model file {model_path} not found")
         interpreter_cls, self.runtime = load_interpreter_class()
+        self.xnnpack = True
         try:
             self.interpreter = interpreter_cls(model_path=str(model_path), num_threads=threads)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"cannot load {model_path}: {exc}") from None
+            if "XNNPACK" not in str(exc):
+                raise ModelError(f"cannot load {model_path}: {exc}") from None
+            # XNNPACK refuses some int8 graphs (e.g. a requantisation scale below 2^-32 where a branch
+            # contributes next to nothing); the built-in kernels run them, a few times slower.
+            warnings.warn(f"{model_path.name}: XNNPACK refused the graph ({exc}); using built-in kernels",
+                          DegradedWarning, stacklevel=2)
+            resolver = sys.modules[interpreter_cls.__module__].OpResolverType
+            self.interpreter = interpreter_cls(
+                model_path=str(model_path), num_threads=threads,
+                experimental_op_resolver_type=resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            self.interpreter.allocate_tensors()
+            self.xnnpack = False
         self.classes = tuple(classes)
         self.input_size = input_size
         self.path = model_path

@@ -82,7 +82,7 @@ def main(argv=None) -> int:
 
     classes = list(fer_model.CLASSES)
     images, labels = load_dataset(args.val)
-    measured, predictions = {}, {}
+    measured, predictions, xnnpack = {}, {}, {}
     for name, path in files.items():
         clf = ExpressionClassifier(path, tuple(classes), size, threads=2)
         for flip in (False, True):
@@ -95,6 +95,7 @@ def main(argv=None) -> int:
             if key == "int8":
                 measured[key]["confusion"] = r["confusion"]
         details = clf._in
+        xnnpack[name] = clf.xnnpack
         if name == "int8":
             int8_input = {"dtype": str(np.dtype(details["dtype"])), "scale": float(details["quantization"][0]),
                           "zero_point": int(details["quantization"][1])}
@@ -114,6 +115,7 @@ def main(argv=None) -> int:
                           "inside the graph; an integer input uses its own scale/zero-point",
         "int8_input_quantization": int8_input,
         "files": {name: {"path": f"models/{p.name}", "bytes": p.stat().st_size} for name, p in files.items()},
+        "xnnpack_accepts": xnnpack,
         "parameters": int(model.count_params()),
         "fusion_alpha": round(alpha, 4),
         "validation_split": "FER2013 PublicTest (3589 images)",

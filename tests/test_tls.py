@@ -151,3 +151,14 @@ def test_iot_policy_and_rules_confine_the_device():
                    for r in by_action[action])
     rules = (ROOT / "scripts" / "aws" / "rules.sql").read_text()
     assert "SELECT * FROM 'iotsensors/train'" in rules and "SELECT * FROM 'iotsensors/infer'" in rules
+
+
+def test_no_client_certificate_is_refused_and_the_daemon_says_why(tls_broker, pki, tmp_path):
+    result = run_cli("collect", "--label", "happy", "--duration", "2", "--simulate",
+                     "--set", f"mqtt.port={tls_broker.port}", "--set", "mqtt.tls=true",
+                     "--set", f"mqtt.ca_file={pki}/ca.pem", "--set", "sim.speed=20",
+                     "--set", f"device.data_dir={tmp_path}", "--set", "log.format=text",
+                     "--set", "mqtt.publish_timeout=3")
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["waiting_in_outbox"] == 2
+    assert "refused our TLS connection" in result.stderr, result.stderr

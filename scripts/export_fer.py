@@ -52,6 +52,38 @@ def convert(saved_model: Path, calibration: np.ndarray | None) -> bytes:
     return converter.convert()
 
 
+def fold_dead_mlps(model, images: np.ndarray, width: float, threshold: float = 1e-4):
+    """Replace transformer MLP branches whose ReLU units never fire with the constant they compute.
+
+    AdamW's weight decay can kill every unit of a small MLP; the branch then adds a constant (the second
+    layer's bias), and its near-zero activations give a requantisation scale XNNPACK refuses. The fold is
+    exact up to the dead activations (checked on the calibration images). Returns (model, folded blocks).
+    """
+    import keras
+
+    from fer_model import build_hybrid
+
+    dead = {}
+    for b in range(8):
+        try:
+            mlp1, mlp2 = model.get_layer(f"vit{b}_mlp1"), model.get_layer(f"vit{b}_mlp2")
+        except ValueError:
+            break
+        acts = keras.Model(model.input, mlp1.output).predict(images[..., None].astype("float32"), verbose=0)
+        if float(np.max(acts)) < threshold:
+            kernel, bias = mlp2.get_weights()
+            dead[b] = bias + acts.reshape(-1, acts.shape[-1]).mean(axis=0) @ kernel
+    if not dead:
+        return model, []
+    folded = build_hybrid(input_size=int(model.input_shape[1]), width=width, constant_mlp_blocks=frozenset(dead))
+    for layer in folded.layers:
+        if layer.name.endswith("_mlp_const"):
+            layer.set_weights([dead[int(layer.name[3:].split("_")[0])]])
+        elif layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return folded, sorted(dead)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -71,6 +103,15 @@ def main(argv=None) -> int:
     train = np.load(args.train)["images"]
     rng = np.random.default_rng(args.seed)
     calibration = train[rng.choice(len(train), args.calibration, replace=False)]
+    training_args = json.loads((args.run / "summary.json").read_text()).get("args", {}) \
+        if (args.run / "summary.json").exists() else {}
+    original = model
+    model, folded_blocks = fold_dead_mlps(model, calibration, float(training_args.get("width", 0.5)))
+    if folded_blocks:
+        check = np.load(args.val)["images"][:1000][..., None].astype("float32")
+        before, after = original.predict(check, verbose=0), model.predict(check, verbose=0)
+        print(f"folded dead MLP branches of ViT blocks {folded_blocks}: max probability change "
+              f"{np.abs(before - after).max():.2e}, argmax agreement {np.mean(before.argmax(1) == after.argmax(1)):.4f}")
 
     with tempfile.TemporaryDirectory() as tmp:
         saved = Path(tmp) / "saved_model"
@@ -116,6 +157,7 @@ def main(argv=None) -> int:
         "int8_input_quantization": int8_input,
         "files": {name: {"path": f"models/{p.name}", "bytes": p.stat().st_size} for name, p in files.items()},
         "xnnpack_accepts": xnnpack,
+        "folded_dead_mlp_blocks": folded_blocks,
         "parameters": int(model.count_params()),
         "fusion_alpha": round(alpha, 4),
         "validation_split": "FER2013 PublicTest (3589 images)",

@@ -66,6 +66,17 @@ class AlphaFusion(layers.Layer):
         return alpha * cnn + (1.0 - alpha) * vit
 
 
+@keras.saving.register_keras_serializable(package="fer")
+class ConstantAdd(layers.Layer):
+    """x + c with a learned vector c: what a transformer MLP whose ReLU units all died reduces to."""
+
+    def build(self, input_shape):
+        self.c = self.add_weight(name="c", shape=(input_shape[-1],), initializer="zeros")
+
+    def call(self, x):
+        return x + self.c
+
+
 def _make_divisible(value: float, divisor: int = 8) -> int:
     new = max(divisor, int(value + divisor / 2) // divisor * divisor)
     return new + divisor if new < 0.9 * value else new
@@ -88,11 +99,13 @@ def _inverted_residual(x, expansion: int, out_ch: int, stride: int, name: str):
     return h
 
 
-def _transformer_block(x, heads: int, mlp_dim: int, dropout: float, name: str):
+def _transformer_block(x, heads: int, mlp_dim: int, dropout: float, name: str, mlp: bool = True):
     dim = x.shape[-1]
     h = PlainLayerNorm(name=f"{name}_ln1")(x)
     h = layers.MultiHeadAttention(heads, dim // heads, dropout=dropout, name=f"{name}_mha")(h, h)
     x = layers.Add(name=f"{name}_add1")([x, h])
+    if not mlp:  # folded at export: the MLP branch had collapsed to a constant
+        return ConstantAdd(name=f"{name}_mlp_const")(x)
     h = PlainLayerNorm(name=f"{name}_ln2")(x)
     h = layers.Dense(mlp_dim, activation="relu", name=f"{name}_mlp1")(h)
     h = layers.Dropout(dropout, name=f"{name}_mlp_drop")(h)
@@ -108,7 +121,7 @@ STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 1), (6, 96, 3,
 
 def build_hybrid(input_size: int = 48, width: float = 0.5, vit_dim: int = 96, vit_blocks: int = 2,
                  vit_heads: int = 4, vit_mlp: int = 192, head_dim: int = 256,
-                 dropout: float = 0.2) -> keras.Model:
+                 dropout: float = 0.2, constant_mlp_blocks: frozenset = frozenset()) -> keras.Model:
     """Build the hybrid; input is (H, W, 1) raw grayscale 0..255, output 7 softmax probabilities."""
     inputs = keras.Input((input_size, input_size, 1), name="pixels")
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalise")(inputs)
@@ -135,7 +148,7 @@ def build_hybrid(input_size: int = 48, width: float = 0.5, vit_dim: int = 96, vi
     v = layers.Reshape((grid, vit_dim), name="vit_tokens")(v)
     v = PositionEmbedding(name="vit_pos")(v)
     for b in range(vit_blocks):
-        v = _transformer_block(v, vit_heads, vit_mlp, 0.1, name=f"vit{b}")
+        v = _transformer_block(v, vit_heads, vit_mlp, 0.1, name=f"vit{b}", mlp=b not in constant_mlp_blocks)
     v = PlainLayerNorm(name="vit_ln")(v)
     v = layers.GlobalAveragePooling1D(name="vit_pool")(v)
     v = layers.Dense(head_dim, name="vit_proj")(v)

@@ -36,6 +36,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--class-weight-power", type=float, default=0.25,
                    help="class weight = (N / (K n_c))^power; 0 disables, 1 is full inverse frequency")
     p.add_argument("--width", type=float, default=0.5)
+    p.add_argument("--exclude-norms-from-decay", action="store_true",
+                   help="no weight decay on LayerNorm/BatchNorm scales, biases, position embeddings and the "
+                        "fusion alpha (the shipped model was trained without this flag, and decay killed its "
+                        "ViT MLP units: use it for the next run)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=0, help="TF intra-op threads (0 = all cores)")
     return p.parse_args(argv)
@@ -100,7 +104,10 @@ def main(argv=None) -> int:
         initial_learning_rate=1e-6, decay_steps=max(1, steps * (args.epochs - args.warmup_epochs)), alpha=1e-5 / args.lr,
         warmup_target=args.lr, warmup_steps=steps * args.warmup_epochs)
     model = build_hybrid(width=args.width)
-    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay),
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay)
+    if args.exclude_norms_from_decay:
+        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias", "pos", "alpha_logit"])
+    model.compile(optimizer=optimizer,
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
                   metrics=["accuracy"])
 

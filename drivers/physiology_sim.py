@@ -9,6 +9,7 @@ given clock and of the seed, so runs are reproducible.
 """
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 from dataclasses import dataclass
@@ -138,8 +139,6 @@ class SimulatedPerson:
 
     @staticmethod
     def _pulse_at(times: list[float], t: float, width: float = PULSE_WIDTH_S) -> bool:
-        import bisect
-
         i = bisect.bisect_right(times, t) - 1
         return i >= 0 and t - times[i] < width
 

@@ -6,6 +6,7 @@ only the bus, the pin factory and the camera object differ.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -86,7 +87,7 @@ def open_camera(cfg: dict, simulate: bool, clock, person) -> tuple[object | None
     try:
         if simulate:
             faces = cfg["sim"]["faces"]
-            if faces is not None and not __import__("os").path.exists(faces):
+            if faces is not None and not os.path.exists(faces):
                 warnings.warn(f"sim.faces {faces} not found; the simulated camera shows an empty scene",
                               DegradedWarning, stacklevel=2)
                 faces = None

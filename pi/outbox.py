@@ -45,6 +45,8 @@ class Outbox:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
+        # rows are counted once here, then kept in step with inserts and deletes (no scan per message)
+        self._count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
 
     def put(self, topic: str, payload: bytes, qos: int, retain: bool, kind: str) -> int:
         """Store one message durably; return its id (ids increase in publish order)."""
@@ -52,12 +54,12 @@ class Outbox:
             cur = self._db.execute("INSERT INTO outbox (topic, payload, qos, retain, kind, created) "
                                    "VALUES (?,?,?,?,?,?)", (topic, payload, qos, int(retain), kind, time.time()))
             row_id = cur.lastrowid
+            self._count += 1
             self._enforce_cap()
         return row_id
 
     def _enforce_cap(self) -> None:
-        (count,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
-        excess = count - self.max_messages
+        excess = self._count - self.max_messages
         if excess <= 0:
             return
         victims = self._db.execute("SELECT id FROM outbox WHERE kind = ? ORDER BY id LIMIT ?",
@@ -66,6 +68,7 @@ class Outbox:
             victims += self._db.execute("SELECT id FROM outbox WHERE kind != ? ORDER BY id LIMIT ?",
                                         (DROPPABLE_FIRST, excess - len(victims))).fetchall()
         self._db.executemany("DELETE FROM outbox WHERE id = ?", victims)
+        self._count -= len(victims)
         self._db.execute("INSERT INTO counters VALUES ('dropped', ?) ON CONFLICT(name) DO UPDATE SET "
                          "value = value + excluded.value", (len(victims),))
         log.warning("outbox full (%d messages): dropped the %d oldest unsent message(s), training records "
@@ -80,11 +83,11 @@ class Outbox:
 
     def delete(self, row_id: int) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+            self._count -= self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,)).rowcount
 
     def __len__(self) -> int:
         with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            return self._count
 
     @property
     def dropped(self) -> int:

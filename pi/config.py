@@ -48,6 +48,18 @@ def _label_list(value: list) -> str | None:
     return None
 
 
+def _view_scales(value: list) -> str | None:
+    from pi.fer import FaceViews  # the one place that knows what a valid zoom is
+
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+        return f"must be a list of numbers, got {value!r}"
+    try:
+        FaceViews(tuple(float(v) for v in value))
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _i2c_address(value: int) -> str | None:
     return None if value in (0x04, 0x08) else f"must be 0x04 (STM32 hat) or 0x08 (MM32 hat), got {value:#04x}"
 
@@ -150,6 +162,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "scale_factor": Field("float", 1.1, "Haar image-pyramid step", min=1.01, max=2.0),
         "flip_average": Field("bool", True, "also classify the mirrored face and average (see models/fer.json "
                               "for the measured gain)"),
+        "view_scales": Field("list", [0.9, 1.0, 1.1], "zooms of the face classified and averaged, 1.0 = as "
+                             "cropped (test-time augmentation; one invoke each, doubled by flip_average)",
+                             check=_view_scales),
         "margin": Field("float", 0.1, "margin added around the detected face box", min=0, max=1),
     },
     "button": {

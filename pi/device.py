@@ -45,13 +45,14 @@ def new_id() -> str:
 def load_face_pipeline(cfg: dict):
     """The face pipeline, or None with a DegradedWarning when the model is missing or unloadable."""
     from pi.face import FaceDetector, FacePipeline
-    from pi.fer import ExpressionClassifier
+    from pi.fer import ExpressionClassifier, FaceViews
 
     face = cfg["face"]
     try:
         classifier = ExpressionClassifier.from_metadata(face["model"], face["metadata"], face["threads"])
         return FacePipeline(FaceDetector(face["detect_width"], face["min_face"], face["margin"],
-                                         face["scale_factor"]), classifier, face["flip_average"])
+                                         face["scale_factor"]), classifier,
+                            FaceViews(tuple(face["view_scales"]), face["flip_average"]))
     except ModelError as exc:
         warnings.warn(f"face model unavailable ({exc}); detections use physiology alone", DegradedWarning,
                       stacklevel=2)

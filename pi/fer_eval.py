@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from pi.errors import ModelError
-from pi.fer import ExpressionClassifier
+from pi.fer import ExpressionClassifier, FaceViews
 from pi.metrics import report
 
 
@@ -22,26 +22,21 @@ def load_dataset(path: str | Path, limit: int | None = None) -> tuple[np.ndarray
     return images, labels
 
 
-def predict_dataset(classifier: ExpressionClassifier, images: np.ndarray, flip: bool = False) -> np.ndarray:
-    """Probabilities for every image; `flip` averages with the mirrored face (test-time augmentation)."""
-    probs = classifier.predict(images)
-    if flip:
-        probs = (probs + classifier.predict(images[:, :, ::-1])) / 2
-    return probs
-
-
 def evaluate(data: str | Path, model: str | Path, metadata: str | Path, limit: int | None = None,
-             flip: bool = False, threads: int = 1) -> dict:
+             views: FaceViews = FaceViews(), threads: int = 1) -> dict:
+    """The model's report on `data`; `views` > 1 measures test-time augmentation as the pipeline runs it."""
     classifier = ExpressionClassifier.from_metadata(model, metadata, threads)
     images, labels = load_dataset(data, limit)
-    probs = predict_dataset(classifier, images, flip)
+    probs = views.predict(classifier, images)
     result = report(labels, probs.argmax(axis=1), classifier.classes)
-    result.update({"model": str(model), "data": str(data), "flip": flip, "runtime": classifier.runtime})
+    result.update({"model": str(model), "data": str(data), "flip": views.flip, "scales": list(views.scales),
+                   "runtime": classifier.runtime})
     return result
 
 
 def format_report(r: dict) -> str:
-    lines = [f"{r['data']}: {r['n']} images, model {Path(r['model']).name} ({r['runtime']})",
+    lines = [f"{r['data']}: {r['n']} images, model {Path(r['model']).name} ({r['runtime']}), "
+             f"views: scales {r['scales']}{' + mirror' if r['flip'] else ''}",
              f"accuracy {r['accuracy']:.4f}   macro-F1 {r['macro_f1']:.4f}", "",
              f"{'class':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
     for c, m in r["per_class"].items():

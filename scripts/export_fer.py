@@ -59,20 +59,13 @@ def fold_dead_mlps(model, images: np.ndarray, width: float, threshold: float = 1
     layer's bias), and its near-zero activations give a requantisation scale XNNPACK refuses. The fold is
     exact up to the dead activations (checked on the calibration images). Returns (model, folded blocks).
     """
-    import keras
-
-    from fer_model import build_hybrid
+    from fer_model import build_hybrid, mlp_unit_stats
 
     dead = {}
-    for b in range(8):
-        try:
-            mlp1, mlp2 = model.get_layer(f"vit{b}_mlp1"), model.get_layer(f"vit{b}_mlp2")
-        except ValueError:
-            break
-        acts = keras.Model(model.input, mlp1.output).predict(images[..., None].astype("float32"), verbose=0)
-        if float(np.max(acts)) < threshold:
-            kernel, bias = mlp2.get_weights()
-            dead[b] = bias + acts.reshape(-1, acts.shape[-1]).mean(axis=0) @ kernel
+    for b, (peak, mean) in mlp_unit_stats(model, images).items():
+        if float(peak.max()) < threshold:
+            kernel, bias = model.get_layer(f"vit{b}_mlp2").get_weights()
+            dead[b] = bias + mean @ kernel
     if not dead:
         return model, []
     folded = build_hybrid(input_size=int(model.input_shape[1]), width=width, constant_mlp_blocks=frozenset(dead))
@@ -93,8 +86,9 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT / "scripts"))
     sys.path.insert(0, str(ROOT))
     import fer_model  # noqa: F401  (registers the custom layers for loading)
-    from pi.fer import ExpressionClassifier
-    from pi.fer_eval import load_dataset, predict_dataset
+    from pi.config import SCHEMA
+    from pi.fer import ExpressionClassifier, FaceViews
+    from pi.fer_eval import load_dataset
     from pi.metrics import report
 
     model = keras.models.load_model(args.run / "best.keras")
@@ -123,12 +117,15 @@ def main(argv=None) -> int:
 
     classes = list(fer_model.CLASSES)
     images, labels = load_dataset(args.val)
+    # the model alone, with its mirror image, and with the pipeline's default views (config face.*)
+    view_sets = {"": FaceViews(), "_flip": FaceViews(flip=True),
+             "_views": FaceViews(tuple(SCHEMA["face"]["view_scales"].default), SCHEMA["face"]["flip_average"].default)}
     measured, predictions, xnnpack = {}, {}, {}
     for name, path in files.items():
         clf = ExpressionClassifier(path, tuple(classes), size, threads=2)
-        for flip in (False, True):
-            probs = predict_dataset(clf, images, flip=flip)
-            key = name + ("_flip" if flip else "")
+        for suffix, views in view_sets.items():
+            probs = views.predict(clf, images)
+            key = name + suffix
             predictions[key] = probs.argmax(1)
             r = report(labels, predictions[key], classes)
             measured[key] = {"accuracy": round(r["accuracy"], 4), "macro_f1": round(r["macro_f1"], 4),
@@ -162,6 +159,8 @@ def main(argv=None) -> int:
         "fusion_alpha": round(alpha, 4),
         "validation_split": "FER2013 PublicTest (3589 images)",
         "publictest": measured,
+        "pipeline_views": {"scales": list(view_sets["_views"].scales), "flip": view_sets["_views"].flip,
+                           "invokes": view_sets["_views"].count},
         "int8_agreement_with_float": round(float(np.mean(predictions["int8"] == predictions["float"])), 4),
         "training": {
             "command": training.get("command"),

@@ -113,6 +113,27 @@ def _transformer_block(x, heads: int, mlp_dim: int, dropout: float, name: str, m
     return layers.Add(name=f"{name}_add2")([x, h])
 
 
+def mlp_unit_stats(model: keras.Model, images) -> dict[int, tuple["np.ndarray", "np.ndarray"]]:
+    """Per ViT block, (peak, mean) activation of each hidden MLP unit over `images` (raw 0..255, NxHxW).
+
+    A unit whose peak is ~0 never fires (a dead ReLU): training uses this to revive such units, export to
+    fold a block whose units are all dead into the constant it computes.
+    """
+    import numpy as np
+
+    x = np.asarray(images, np.float32)[..., None]
+    stats = {}
+    for b in range(8):
+        try:
+            mlp1 = model.get_layer(f"vit{b}_mlp1")
+        except ValueError:
+            break
+        acts = keras.Model(model.input, mlp1.output).predict(x, verbose=0)
+        flat = acts.reshape(-1, acts.shape[-1])
+        stats[b] = (flat.max(axis=0), flat.mean(axis=0))
+    return stats
+
+
 # (expansion t, channels c, repeats n, stride s) per MobileNetV2 stage; the 64-channel stage's stride
 # is 1 instead of 2 so a 48x48 input ends at 3x3 rather than 2x2.
 STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 1), (6, 96, 3, 1), (6, 160, 3, 2),

@@ -40,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="no weight decay on LayerNorm/BatchNorm scales, biases, position embeddings and the "
                         "fusion alpha (the shipped model was trained without this flag, and decay killed its "
                         "ViT MLP units: use it for the next run)")
+    p.add_argument("--init-from", type=Path,
+                   help="warm start: copy the weights of this .keras model (same architecture) before training, "
+                        "reviving dead ViT MLP units; the schedule starts afresh (a warm restart)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=0, help="TF intra-op threads (0 = all cores)")
     return p.parse_args(argv)
@@ -52,6 +55,35 @@ def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def warm_start(model, source, images: np.ndarray, unit_stats, seed: int, threshold: float = 1e-4) -> dict:
+    """Copy `source`'s weights into `model` layer by layer, then give every dead ViT MLP unit fresh input
+    weights and a zero output row.
+
+    The zero row keeps the network's function unchanged at the start (a dead unit contributed nothing
+    either), while the fresh input weights let the unit fire and learn again. Returns {block: revived}.
+    """
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights(source.get_layer(layer.name).get_weights())
+    rng = np.random.default_rng(seed)
+    revived = {}
+    for b, (peak, _mean) in unit_stats(model, images).items():
+        dead = peak < threshold
+        if not dead.any():
+            continue
+        mlp1, mlp2 = model.get_layer(f"vit{b}_mlp1"), model.get_layer(f"vit{b}_mlp2")
+        k1, b1 = mlp1.get_weights()
+        k2, b2 = mlp2.get_weights()
+        limit = np.sqrt(6.0 / (k1.shape[0] + k1.shape[1]))  # Glorot uniform, Dense's default
+        k1[:, dead] = rng.uniform(-limit, limit, (k1.shape[0], int(dead.sum())))
+        b1[dead] = 0.0
+        k2[dead, :] = 0.0
+        mlp1.set_weights([k1, b1])
+        mlp2.set_weights([k2, b2])
+        revived[b] = int(dead.sum())
+    return revived
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -59,7 +91,7 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from fer_model import CLASSES, build_hybrid
+    from fer_model import CLASSES, build_hybrid, mlp_unit_stats
 
     keras.utils.set_random_seed(args.seed)
     if args.threads:
@@ -104,6 +136,10 @@ def main(argv=None) -> int:
         initial_learning_rate=1e-6, decay_steps=max(1, steps * (args.epochs - args.warmup_epochs)), alpha=1e-5 / args.lr,
         warmup_target=args.lr, warmup_steps=steps * args.warmup_epochs)
     model = build_hybrid(width=args.width)
+    if args.init_from:
+        revived = warm_start(model, keras.models.load_model(args.init_from), x_train[:2000, ..., 0],
+                             mlp_unit_stats, seed=args.seed)
+        print(f"warm start from {args.init_from}: revived dead MLP units per ViT block {revived}", flush=True)
     optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay)
     if args.exclude_norms_from_decay:
         optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias", "pos", "alpha_logit"])

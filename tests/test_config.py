@@ -44,6 +44,9 @@ def test_every_problem_is_reported_with_its_dotted_key(tmp_path):
     ("sampling.rate_hz=.nan", "sampling.rate_hz"),
     ("detect.emotions=[]", "detect.emotions"),
     ("mqtt.error_topic=iotsensors/{device_id}/command", "mqtt.error_topic"),
+    ("face.view_scales=[]", "face.view_scales"),
+    ("face.view_scales=[1.0, 3.0]", "face.view_scales"),
+    ("face.view_scales=[1.0, yes]", "face.view_scales"),
 ])
 def test_values_that_would_fail_later_are_refused_now(override, key):
     with pytest.raises(ConfigError) as info:

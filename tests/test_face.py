@@ -9,7 +9,7 @@ from drivers.camera import SimulatedCamera
 from pi import config
 from pi.errors import CameraError, ModelError
 from pi.face import FaceDetector, FacePipeline
-from pi.fer import ExpressionClassifier, load_interpreter_class, read_metadata
+from pi.fer import ExpressionClassifier, FaceViews, load_interpreter_class, read_metadata
 
 MODEL = ROOT / "models" / "fer_int8.tflite"
 META = ROOT / "models" / "fer.json"
@@ -76,6 +76,38 @@ def test_face_is_found_in_a_synthetic_frame():
         assert tx <= x + w / 2 <= tx + tw and ty <= y + h / 2 <= ty + th, (box, camera.last_box)
         assert 0.5 * tw <= w <= 1.5 * tw, (box, camera.last_box)
     assert hits >= 14  # Haar misses some FER faces (profiles, occlusions); most are found
+
+
+def test_face_views_zoom_about_the_centre_and_mirror():
+    face = np.zeros((1, 48, 48), np.uint8)
+    face[0, 14:34, 10:30] = 255  # a bright square left of centre
+    views = FaceViews((1.0, 1.25), flip=True).views(face)
+    assert views.shape == (4, 1, 48, 48) and FaceViews((1.0, 1.25), flip=True).count == 4
+    plain, mirrored, zoomed, zoomed_mirrored = views[:, 0]
+    assert np.array_equal(plain, face[0]) and np.array_equal(mirrored, face[0, :, ::-1])
+    assert np.array_equal(zoomed_mirrored, zoomed[:, ::-1])
+    bright = lambda img: np.argwhere(img > 127)  # noqa: E731
+    assert len(bright(zoomed)) > 1.4 * len(bright(plain))  # zooming in by 1.25 enlarges the square ~1.56x
+    assert bright(zoomed)[:, 1].mean() < bright(plain)[:, 1].mean()  # away from the centre, about it
+
+
+@pytest.mark.parametrize("scales", [(), (0.2,), (1.0, 2.5)])
+def test_face_views_refuse_impossible_zooms(scales):
+    with pytest.raises(ValueError, match="0.5..2.0"):
+        FaceViews(scales)
+
+
+@needs_data
+def test_pipeline_views_reproduce_their_recorded_accuracy(classifier):
+    data = np.load(FER_PUBLIC)
+    pick = np.random.default_rng(0).choice(len(data["labels"]), 500, replace=False)
+    images, labels = data["images"][pick], data["labels"][pick].astype(int)
+    meta = read_metadata(META)
+    views = FaceViews(tuple(meta["pipeline_views"]["scales"]), meta["pipeline_views"]["flip"])
+    assert views == FaceViews(tuple(config.load(None)["face"]["view_scales"]), config.load(None)["face"]["flip_average"])
+    accuracy = float(np.mean(views.predict(classifier, images).argmax(1) == labels))
+    recorded = meta["publictest"]["int8_views"]["accuracy"]
+    assert abs(accuracy - recorded) < 0.066, (accuracy, recorded)  # 3 binomial standard errors at n=500
 
 
 def test_no_face_is_an_outcome_not_a_guess(classifier):
@@ -148,3 +180,8 @@ def test_fer_eval_cli_reports_metrics(tmp_path):
     assert report["n"] == 120 and 0 <= report["accuracy"] <= 1 and 0 <= report["macro_f1"] <= 1
     assert len(report["confusion"]) == 7 and sum(map(sum, report["confusion"])) == 120
     assert set(report["per_class"]["happy"]) == {"precision", "recall", "f1", "support"}
+    assert report["scales"] == [1.0] and report["flip"] is False  # the model alone unless asked
+    views = json.loads(run_cli("fer-eval", str(small), "--json", "--flip", "--scales", "0.9,1,1.1").stdout)
+    assert views["scales"] == [0.9, 1.0, 1.1] and views["flip"] is True and views["n"] == 120
+    bad = run_cli("fer-eval", str(small), "--scales", "0.9,huge")
+    assert bad.returncode == 2 and "--scales" in bad.stderr

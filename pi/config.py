@@ -160,10 +160,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "min_face": Field("int", 48, "smallest face side in pixels at detection scale (48 at width 320 is "
                           "96 px of a 640x480 frame, a face about 1 m away)", min=12, max=1000),
         "scale_factor": Field("float", 1.1, "Haar image-pyramid step", min=1.01, max=2.0),
-        "flip_average": Field("bool", True, "also classify the mirrored face and average (see models/fer.json "
-                              "for the measured gain)"),
-        "view_scales": Field("list", [0.9, 1.0, 1.1], "zooms of the face classified and averaged, 1.0 = as "
-                             "cropped (test-time augmentation; one invoke each, doubled by flip_average)",
+        "flip_average": Field("bool", False, "also classify the mirrored face and average, one more invoke per "
+                              "view (the shipped model already averages its mirror image inside its graph: "
+                              "models/fer.json views_in_graph)"),
+        "view_scales": Field("list", [1.0], "zooms of the face classified and averaged, 1.0 = as cropped; "
+                             "extra test-time views for a model without views in its graph, one invoke each",
                              check=_view_scales),
         "margin": Field("float", 0.1, "margin added around the detected face box", min=0, max=1),
     },

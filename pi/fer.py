@@ -127,13 +127,37 @@ class ExpressionClassifier:
         return out
 
 
+def zoom_matrix(n: int, scale: float, mirror: bool = False) -> np.ndarray:
+    """The n x n matrix R with which R @ x zooms a length-n signal by `scale` about its centre.
+
+    Bilinear, reflecting at the ends (edcba|abcde, OpenCV's BORDER_REFLECT, as training's zoom
+    augmentation fills); `mirror` also reverses the output. A face's view is R_rows @ face @ R_cols.T, two
+    small matrix products that numpy runs here and a TFLite graph runs just as well.
+    """
+    def reflect(j: int) -> int:
+        while not 0 <= j < n:
+            j = -j - 1 if j < 0 else 2 * n - j - 1
+        return j
+
+    centre = (n - 1) / 2
+    matrix = np.zeros((n, n), np.float32)
+    for i in range(n):
+        u = centre + (i - centre) / scale
+        j0 = int(np.floor(u))
+        frac = u - j0
+        matrix[i, reflect(j0)] += 1 - frac
+        if frac > 0:
+            matrix[i, reflect(j0 + 1)] += frac
+    return matrix[::-1].copy() if mirror else matrix
+
+
 @dataclass(frozen=True)
 class FaceViews:
     """Test-time augmentation: classify several views of each face and average the probabilities.
 
-    A view is the face zoomed by one of `scales` (1.0 is the face as cropped; > 1 zooms in, about the
-    centre, reflecting at the border as training's zoom augmentation did), and with `flip` its mirror image
-    too. Each view costs one invoke; the measured gains are in models/fer.json.
+    A view is the face zoomed by one of `scales` (1.0 is the face as cropped; > 1 zooms in about the
+    centre), and with `flip` its mirror image too. The shipped model already averages its views inside the
+    graph (models/fer.json: views_in_graph); views here add invokes on top, one per view.
     """
 
     scales: tuple[float, ...] = (1.0,)
@@ -147,24 +171,20 @@ class FaceViews:
     def count(self) -> int:
         return len(self.scales) * (2 if self.flip else 1)
 
-    def views(self, faces: np.ndarray) -> np.ndarray:
-        """(N, S, S) uint8 faces in, (count, N, S, S) views out."""
-        import cv2  # only the camera pipeline and evaluation need OpenCV; the classifier itself does not
-
-        faces = np.asarray(faces)
-        out = []
+    def matrices(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row and column resampling matrices, (count, H, H) and (count, W, W): view k = R[k] @ face @ C[k].T."""
+        rows, cols = [], []
         for scale in self.scales:
-            if scale == 1.0:
-                zoomed = faces
-            else:
-                h, w = faces.shape[1:]
-                m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), 0, scale)
-                zoomed = np.stack([cv2.warpAffine(f, m, (w, h), flags=cv2.INTER_LINEAR,
-                                                  borderMode=cv2.BORDER_REFLECT) for f in faces])
-            out.append(zoomed)
-            if self.flip:
-                out.append(zoomed[:, :, ::-1])
-        return np.stack(out)
+            for mirror in ((False, True) if self.flip else (False,)):
+                rows.append(zoom_matrix(height, scale))
+                cols.append(zoom_matrix(width, scale, mirror))
+        return np.stack(rows), np.stack(cols)
+
+    def views(self, faces: np.ndarray) -> np.ndarray:
+        """(N, H, W) faces in, (count, N, H, W) float32 views out."""
+        faces = np.asarray(faces, np.float32)
+        rows, cols = self.matrices(*faces.shape[1:])
+        return np.stack([r @ faces @ c.T for r, c in zip(rows, cols)])
 
     def predict(self, classifier: ExpressionClassifier, faces: np.ndarray) -> np.ndarray:
         """Probabilities (N, classes) averaged over the views of each face."""

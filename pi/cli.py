@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first N images only")
     p.add_argument("--flip", action="store_true", help="average with the mirrored face")
     p.add_argument("--scales", type=_scales, default=(1.0,), metavar="S,S,...",
-                   help="also average zoomed views, e.g. 0.9,1.0,1.1 (the pipeline's default; 1.0 alone is the "
-                        "model's own accuracy)")
+                   help="also average zoomed views, e.g. 0.9,1.0,1.1, one invoke each (default 1.0: the model "
+                        "as shipped, whose graph already averages its own views)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -153,9 +153,9 @@ def _scales(text: str) -> tuple[float, ...]:
     from pi.fer import FaceViews
 
     try:
-        return FaceViews(tuple(float(v) for v in text.split(","))).scales
+        return FaceViews.parse_scales(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--scales {text!r}: {exc}") from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_fer_eval(args) -> int:

@@ -45,14 +45,19 @@ def new_id() -> str:
 def load_face_pipeline(cfg: dict):
     """The face pipeline, or None with a DegradedWarning when the model is missing or unloadable."""
     from pi.face import FaceDetector, FacePipeline
-    from pi.fer import ExpressionClassifier, FaceViews
+    from pi.fer import ExpressionClassifier, FaceViews, read_metadata
 
     face = cfg["face"]
+    views = FaceViews(tuple(face["view_scales"]), face["flip_average"])
     try:
         classifier = ExpressionClassifier.from_metadata(face["model"], face["metadata"], face["threads"])
+        in_graph = read_metadata(face["metadata"]).get("views_in_graph")
+        if in_graph and views.count > 1:
+            log.warning("face.view_scales/flip_average add %d run-time views to a model that already averages "
+                        "%d views in its graph (models/fer.json views_in_graph): zooms compound and each "
+                        "frame costs %d invokes", views.count, in_graph["count"], views.count)
         return FacePipeline(FaceDetector(face["detect_width"], face["min_face"], face["margin"],
-                                         face["scale_factor"]), classifier,
-                            FaceViews(tuple(face["view_scales"]), face["flip_average"]))
+                                         face["scale_factor"]), classifier, views)
     except ModelError as exc:
         warnings.warn(f"face model unavailable ({exc}); detections use physiology alone", DegradedWarning,
                       stacklevel=2)

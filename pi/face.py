@@ -72,8 +72,8 @@ class FaceDetector:
 
 
 class FacePipeline:
-    """Frame in, FaceResult out. `views` averages the classifier over zoomed and mirrored views of the
-    face (test-time augmentation: one invoke of well under a millisecond per view)."""
+    """Frame in, FaceResult out. `views` adds run-time views of the face, one invoke each; the default is
+    the face as cropped (the shipped model averages its own views inside the graph)."""
 
     def __init__(self, detector: FaceDetector, classifier: ExpressionClassifier, views: FaceViews = FaceViews()):
         self.detector = detector

@@ -113,7 +113,7 @@ class ExpressionClassifier:
         return y.astype(np.float32)
 
     def predict(self, faces: np.ndarray) -> np.ndarray:
-        """Class probabilities for each face (uint8, N x S x S, raw 0..255)."""
+        """Class probabilities for each face (N x S x S, raw pixel values 0..255, uint8 or float)."""
         faces = np.asarray(faces)
         if faces.ndim == 2:
             faces = faces[None]
@@ -167,6 +167,15 @@ class FaceViews:
         if not self.scales or any(not 0.5 <= s <= 2.0 for s in self.scales):
             raise ValueError(f"view scales must be a non-empty list within 0.5..2.0, got {list(self.scales)}")
 
+    @staticmethod
+    def parse_scales(text: str) -> tuple[float, ...]:
+        """"0.9,1,1.1" -> (0.9, 1.0, 1.1), checked; ValueError naming the problem otherwise."""
+        try:
+            scales = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise ValueError(f"view scales must be comma-separated numbers, got {text!r}") from None
+        return FaceViews(scales).scales
+
     @property
     def count(self) -> int:
         return len(self.scales) * (2 if self.flip else 1)
@@ -187,8 +196,9 @@ class FaceViews:
         return np.stack([r @ faces @ c.T for r, c in zip(rows, cols)])
 
     def predict(self, classifier: ExpressionClassifier, faces: np.ndarray) -> np.ndarray:
-        """Probabilities (N, classes) averaged over the views of each face."""
-        faces = np.asarray(faces)
+        """Probabilities (N, classes) averaged over the views of each face (one view in memory at a time)."""
+        faces = np.asarray(faces, np.float32)
         if faces.ndim == 2:
             faces = faces[None]
-        return np.mean([classifier.predict(v) for v in self.views(faces)], axis=0)
+        rows, cols = self.matrices(*faces.shape[1:])
+        return np.mean([classifier.predict(r @ faces @ c.T) for r, c in zip(rows, cols)], axis=0)

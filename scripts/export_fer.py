@@ -22,6 +22,15 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from pi.fer import FaceViews  # noqa: E402  (numpy only: the resampling both the graph and the runtime use)
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        return FaceViews.parse_scales(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_args(argv=None):
@@ -31,7 +40,7 @@ def parse_args(argv=None):
     p.add_argument("--val", type=Path, required=True, help="validation .npz for the reported figures")
     p.add_argument("--out", type=Path, default=ROOT / "models")
     p.add_argument("--calibration", type=int, default=1000, help="representative images for int8")
-    p.add_argument("--view-scales", default="0.9,1.0,1.1",
+    p.add_argument("--view-scales", type=_scales, default=(0.9, 1.0, 1.1), metavar="S,S,...",
                    help="zooms averaged inside the shipped graph (1.0 alone: no zoom views)")
     p.add_argument("--no-view-flip", dest="view_flip", action="store_false",
                    help="do not also average the mirrored views inside the graph")
@@ -127,9 +136,8 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     sys.path.insert(0, str(ROOT / "scripts"))
-    sys.path.insert(0, str(ROOT))
     import fer_model  # noqa: F401  (registers the custom layers for loading)
-    from pi.fer import ExpressionClassifier, FaceViews
+    from pi.fer import ExpressionClassifier
     from pi.fer_eval import load_dataset
     from pi.metrics import report
 
@@ -139,8 +147,9 @@ def main(argv=None) -> int:
     train = np.load(args.train)["images"]
     rng = np.random.default_rng(args.seed)
     calibration = train[rng.choice(len(train), args.calibration, replace=False)]
-    training_args = json.loads((args.run / "summary.json").read_text()).get("args", {}) \
-        if (args.run / "summary.json").exists() else {}
+    summary_path = args.run / "summary.json"
+    training = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    training_args = training.get("args", {})
     original = model
     model, folded_blocks = fold_dead_mlps(model, calibration, float(training_args.get("width", 0.5)))
     if folded_blocks:
@@ -149,8 +158,15 @@ def main(argv=None) -> int:
         print(f"folded dead MLP branches of ViT blocks {folded_blocks}: max probability change "
               f"{np.abs(before - after).max():.2e}, argmax agreement {np.mean(before.argmax(1) == after.argmax(1)):.4f}")
 
-    views = FaceViews(tuple(float(v) for v in args.view_scales.split(",")), args.view_flip)
+    views = FaceViews(args.view_scales, args.view_flip)
     shipped = with_views(model, views) if views.count > 1 else model
+    if shipped is not model:  # the graph's views must be exactly the runtime's FaceViews
+        check = np.load(args.val)["images"][:64]
+        by_views = np.mean([model.predict(v[..., None], verbose=0) for v in views.views(check)], axis=0)
+        gap = float(np.abs(shipped.predict(check[..., None].astype("float32"), verbose=0) - by_views).max())
+        print(f"views in the graph vs FaceViews: max probability difference {gap:.2e}")
+        if gap > 1e-4:
+            raise SystemExit(f"the in-graph views disagree with FaceViews (max difference {gap:.2e})")
     with tempfile.TemporaryDirectory() as tmp:
         def export(m, name):
             saved = Path(tmp) / name
@@ -180,14 +196,13 @@ def main(argv=None) -> int:
                 details = clf._in
                 int8_input = {"dtype": str(np.dtype(details["dtype"])), "scale": float(details["quantization"][0]),
                               "zero_point": int(details["quantization"][1])}
-            xnnpack[name] = clf.xnnpack
+            if name in ("float", "int8"):
+                xnnpack[name] = clf.xnnpack
         files["int8_single_view"].unlink()
         del files["int8_single_view"]
 
     with open(args.run / "history.csv") as fh:
         history = list(csv.DictReader(fh))
-    summary_path = args.run / "summary.json"
-    training = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     alpha = float(keras.ops.convert_to_numpy(keras.ops.sigmoid(model.get_layer("fusion").logit)))
     meta = {
         "name": "fer_mnv2_vit",
@@ -210,6 +225,7 @@ def main(argv=None) -> int:
         "int8_agreement_with_float": round(float(np.mean(predictions["int8"] == predictions["float"])), 4),
         "training": {
             "command": training.get("command"),
+            "warm_start_from": training_args.get("init_from"),  # the run it continued, if any
             "epochs_completed": len(history),
             "best_epoch": training.get("best_epoch"),
             "best_val_accuracy_keras": training.get("best_val_accuracy"),

@@ -136,7 +136,7 @@ def main(argv=None) -> int:
         initial_learning_rate=1e-6, decay_steps=max(1, steps * (args.epochs - args.warmup_epochs)), alpha=1e-5 / args.lr,
         warmup_target=args.lr, warmup_steps=steps * args.warmup_epochs)
     model = build_hybrid(width=args.width)
-    if args.init_from:
+    if args.init_from and not (args.out / "backup").exists():  # on resume the backup holds the weights
         revived = warm_start(model, keras.models.load_model(args.init_from), x_train[:2000, ..., 0],
                              mlp_unit_stats, seed=args.seed)
         print(f"warm start from {args.init_from}: revived dead MLP units per ViT block {revived}", flush=True)
@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     best = max(rows, key=lambda r: float(r["val_accuracy"]))
     summary = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "args": {k: str(v) for k, v in vars(args).items()},
+        "args": {k: None if v is None else str(v) for k, v in vars(args).items()},
         "class_weight": class_weight,
         "epochs_completed": len(rows),
         "best_epoch": int(best["epoch"]) + 1,

@@ -9,7 +9,7 @@ from drivers.camera import SimulatedCamera
 from pi import config
 from pi.errors import CameraError, ModelError
 from pi.face import FaceDetector, FacePipeline
-from pi.fer import ExpressionClassifier, FaceViews, load_interpreter_class, read_metadata
+from pi.fer import ExpressionClassifier, FaceViews, load_interpreter_class, read_metadata, zoom_matrix
 
 MODEL = ROOT / "models" / "fer_int8.tflite"
 META = ROOT / "models" / "fer.json"
@@ -78,17 +78,28 @@ def test_face_is_found_in_a_synthetic_frame():
     assert hits >= 14  # Haar misses some FER faces (profiles, occlusions); most are found
 
 
+def test_zoom_matrix_is_bilinear_about_the_centre_with_reflected_borders():
+    for scale in (0.5, 0.9, 1.1, 2.0):
+        m = zoom_matrix(48, scale)
+        assert np.allclose(m.sum(axis=1), 1) and (m >= 0).all()  # each output pixel is a weighted mean
+        assert np.allclose(m[::-1, ::-1], m)  # symmetric about the centre: the zoom does not shift the face
+    assert np.array_equal(zoom_matrix(5, 1.0), np.eye(5)) and np.array_equal(zoom_matrix(5, 1.0, True), np.eye(5)[::-1])
+    out = zoom_matrix(5, 0.5)  # zoom out by 2: output 0 reads source 2 - 2/0.5 = -2, reflected to source 1
+    assert np.allclose(out[0], [0, 1, 0, 0, 0]) and np.allclose(out[2], [0, 0, 1, 0, 0])
+
+
 def test_face_views_zoom_about_the_centre_and_mirror():
     face = np.zeros((1, 48, 48), np.uint8)
-    face[0, 14:34, 10:30] = 255  # a bright square left of centre
+    face[0, 14:34, 10:30] = 255  # a bright 20x20 square, rows centred on 23.5, columns on 19.5
     views = FaceViews((1.0, 1.25), flip=True).views(face)
-    assert views.shape == (4, 1, 48, 48) and FaceViews((1.0, 1.25), flip=True).count == 4
+    assert views.shape == (4, 1, 48, 48)
     plain, mirrored, zoomed, zoomed_mirrored = views[:, 0]
     assert np.array_equal(plain, face[0]) and np.array_equal(mirrored, face[0, :, ::-1])
     assert np.array_equal(zoomed_mirrored, zoomed[:, ::-1])
-    bright = lambda img: np.argwhere(img > 127)  # noqa: E731
-    assert len(bright(zoomed)) > 1.4 * len(bright(plain))  # zooming in by 1.25 enlarges the square ~1.56x
-    assert bright(zoomed)[:, 1].mean() < bright(plain)[:, 1].mean()  # away from the centre, about it
+    bright = np.argwhere(zoomed > 127)
+    assert 1.4 < len(bright) / 400 < 1.8  # zooming in by 1.25 enlarges the square ~1.56x
+    # about the centre (23.5, 23.5): the rows stay centred, the columns' centre moves from 19.5 to ~18.5
+    assert abs(bright[:, 0].mean() - 23.5) < 0.3 and abs(bright[:, 1].mean() - 18.5) < 0.4
 
 
 @pytest.mark.parametrize("scales", [(), (0.2,), (1.0, 2.5)])
@@ -101,8 +112,7 @@ def test_face_views_refuse_impossible_zooms(scales):
 def test_shipped_model_averages_its_mirror_image_in_the_graph(classifier):
     # views_in_graph: one invoke classifies the zoomed and mirrored views and averages them, so a face and
     # its mirror image get the same probabilities. A one-view network disagrees on about a quarter of faces.
-    views = read_metadata(META)["views_in_graph"]
-    assert views["flip"] and views["count"] == 2 * len(views["scales"])
+    assert read_metadata(META)["views_in_graph"]["flip"]
     data = np.load(FER_PUBLIC)
     faces = data["images"][np.random.default_rng(2).choice(len(data["labels"]), 200, replace=False)]
     plain, mirrored = classifier.predict(faces), classifier.predict(faces[:, :, ::-1])
@@ -115,8 +125,10 @@ def test_runtime_views_average_extra_invokes(classifier):
     data = np.load(FER_PUBLIC)
     faces = data["images"][:20]
     assert np.allclose(FaceViews().predict(classifier, faces), classifier.predict(faces))
-    zoomed = FaceViews((0.9, 1.1)).predict(classifier, faces)  # two invokes per face, averaged
-    assert zoomed.shape == (20, 7) and np.allclose(zoomed.sum(axis=1), 1, atol=0.05)
+    views = FaceViews((0.9, 1.1))
+    zoomed = views.predict(classifier, faces)  # two invokes per face, averaged
+    by_hand = (classifier.predict(views.views(faces)[0]) + classifier.predict(views.views(faces)[1])) / 2
+    assert zoomed.shape == (20, 7) and np.allclose(zoomed, by_hand, atol=1e-6)
     assert not np.allclose(zoomed, classifier.predict(faces), atol=0.01)  # the zoomed views change the answer
 
 
@@ -194,4 +206,19 @@ def test_fer_eval_cli_reports_metrics(tmp_path):
     views = json.loads(run_cli("fer-eval", str(small), "--json", "--flip", "--scales", "0.9,1,1.1").stdout)
     assert views["scales"] == [0.9, 1.0, 1.1] and views["flip"] is True and views["n"] == 120
     bad = run_cli("fer-eval", str(small), "--scales", "0.9,huge")
-    assert bad.returncode == 2 and "--scales" in bad.stderr
+    assert bad.returncode == 2 and "comma-separated numbers, got '0.9,huge'" in bad.stderr
+    bad = run_cli("fer-eval", str(small), "--scales", "0.9,3")
+    assert bad.returncode == 2 and "within 0.5..2.0" in bad.stderr
+
+
+def test_run_time_views_on_a_model_with_views_in_its_graph_are_warned_about(caplog):
+    from pi.device import load_face_pipeline
+
+    with caplog.at_level("WARNING", logger="pi.device"):
+        pipeline = load_face_pipeline(config.load(None, ["face.flip_average=true"]))
+    assert pipeline.views.count == 2
+    assert "already averages 6 views in its graph" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pi.device"):
+        assert load_face_pipeline(config.load(None)).views.count == 1
+    assert "already averages" not in caplog.text

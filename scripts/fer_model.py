@@ -138,11 +138,15 @@ def mlp_unit_stats(model: keras.Model, images) -> dict[int, tuple["np.ndarray", 
 # is 1 instead of 2 so a 48x48 input ends at 3x3 rather than 2x2.
 STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 1), (6, 96, 3, 1), (6, 160, 3, 2),
           (6, 320, 1, 1))
+# the stock MobileNetV2 strides, for comparison (scripts/compare_fer_arch.py)
+STOCK_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                (6, 320, 1, 1))
 
 
 def build_hybrid(input_size: int = 48, width: float = 0.5, vit_dim: int = 96, vit_blocks: int = 2,
                  vit_heads: int = 4, vit_mlp: int = 192, head_dim: int = 256,
-                 dropout: float = 0.2, constant_mlp_blocks: frozenset = frozenset()) -> keras.Model:
+                 dropout: float = 0.2, constant_mlp_blocks: frozenset = frozenset(),
+                 stages: tuple = STAGES) -> keras.Model:
     """Build the hybrid; input is (H, W, 1) raw grayscale 0..255, output 7 softmax probabilities."""
     inputs = keras.Input((input_size, input_size, 1), name="pixels")
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalise")(inputs)
@@ -151,7 +155,7 @@ def build_hybrid(input_size: int = 48, width: float = 0.5, vit_dim: int = 96, vi
     x = layers.BatchNormalization(name="stem_bn")(x)
     x = layers.ReLU(6.0, name="stem_relu")(x)
     vit_source = None
-    for stage, (t, c, n, s) in enumerate(STAGES):
+    for stage, (t, c, n, s) in enumerate(stages):
         out_ch = _make_divisible(c * width)
         for i in range(n):
             x = _inverted_residual(x, t, out_ch, s if i == 0 else 1, name=f"s{stage}b{i}")

@@ -12,6 +12,7 @@ other, so their ratios are comparable even on a shared machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -67,10 +68,10 @@ def tflite_invoke_ms(model, size: int, repeats: int = 200) -> float:
     sys.path.insert(0, str(ROOT))
     from pi.fer import load_interpreter_class
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON
         model.export(tmp, format="tf_saved_model", input_signature=[tf.TensorSpec([1, size, size, 1], tf.float32)])
         flat = tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
-    interpreter_class, _ = load_interpreter_class()
+    interpreter_class, _ = load_interpreter_class()  # ai-edge-litert where installed, else TensorFlow's
     interpreter = interpreter_class(model_content=flat, num_threads=1)
     interpreter.allocate_tensors()
     index = interpreter.get_input_details()[0]["index"]

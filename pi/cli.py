@@ -35,6 +35,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--simulate", action="store_true", help="simulated I2C hat, person, camera and button")
 
 
+def _scales_argument(text: str) -> tuple[float, ...]:
+    from pi.fer import scales_argument
+
+    return scales_argument(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emotion-edge", description="Edge emotion detection daemon")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metadata", type=Path, default=None)
     p.add_argument("--limit", type=int, default=None, help="first N images only")
     p.add_argument("--flip", action="store_true", help="average with the mirrored face")
-    p.add_argument("--scales", type=_scales, default=(1.0,), metavar="S,S,...",
+    p.add_argument("--scales", type=_scales_argument, default=(1.0,), metavar="S,S,...",
                    help="also average zoomed views, e.g. 0.9,1.0,1.1, one invoke each (default 1.0: the model "
                         "as shipped, whose graph already averages its own views)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -147,15 +153,6 @@ def cmd_run(args) -> int:
     daemon.install_signal_handlers()
     daemon.run(args.max_seconds)
     return 0
-
-
-def _scales(text: str) -> tuple[float, ...]:
-    from pi.fer import FaceViews
-
-    try:
-        return FaceViews.parse_scales(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_fer_eval(args) -> int:

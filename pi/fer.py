@@ -189,16 +189,33 @@ class FaceViews:
                 cols.append(zoom_matrix(width, scale, mirror))
         return np.stack(rows), np.stack(cols)
 
+    def iter_views(self, faces: np.ndarray):
+        """Each view of (N, H, W) faces in turn, as (N, H, W) float32: one view in memory at a time."""
+        faces = np.asarray(faces, np.float32)
+        if self.scales == (1.0,) and not self.flip:  # the face as cropped: no resampling to do
+            yield faces
+            return
+        rows, cols = self.matrices(*faces.shape[1:])
+        for r, c in zip(rows, cols):
+            yield r @ faces @ c.T
+
     def views(self, faces: np.ndarray) -> np.ndarray:
         """(N, H, W) faces in, (count, N, H, W) float32 views out."""
-        faces = np.asarray(faces, np.float32)
-        rows, cols = self.matrices(*faces.shape[1:])
-        return np.stack([r @ faces @ c.T for r, c in zip(rows, cols)])
+        return np.stack(list(self.iter_views(faces)))
 
     def predict(self, classifier: ExpressionClassifier, faces: np.ndarray) -> np.ndarray:
-        """Probabilities (N, classes) averaged over the views of each face (one view in memory at a time)."""
-        faces = np.asarray(faces, np.float32)
+        """Probabilities (N, classes) averaged over the views of each face."""
+        faces = np.asarray(faces)
         if faces.ndim == 2:
             faces = faces[None]
-        rows, cols = self.matrices(*faces.shape[1:])
-        return np.mean([classifier.predict(r @ faces @ c.T) for r, c in zip(rows, cols)], axis=0)
+        return np.mean([classifier.predict(v) for v in self.iter_views(faces)], axis=0)
+
+
+def scales_argument(text: str) -> tuple[float, ...]:
+    """argparse type for a comma-separated list of view zooms (`fer-eval --scales`, export_fer.py)."""
+    import argparse
+
+    try:
+        return FaceViews.parse_scales(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

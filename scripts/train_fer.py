@@ -38,8 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--width", type=float, default=0.5)
     p.add_argument("--exclude-norms-from-decay", action="store_true",
                    help="no weight decay on LayerNorm/BatchNorm scales, biases, position embeddings and the "
-                        "fusion alpha (the shipped model was trained without this flag, and decay killed its "
-                        "ViT MLP units: use it for the next run)")
+                        "fusion alpha (stage 1 ran without it and decay killed its ViT MLP units; the shipped "
+                        "stage 2 used it, see models/fer_training.md)")
     p.add_argument("--init-from", type=Path,
                    help="warm start: copy the weights of this .keras model (same architecture) before training, "
                         "reviving dead ViT MLP units; the schedule starts afresh (a warm restart)")

@@ -141,15 +141,17 @@ def augment_batch(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(out, 0.0, 255.0).astype(np.float32)[..., None]
 
 
-def augmented_batches(images: np.ndarray, onehot: np.ndarray, weights: np.ndarray, batch: int, seed: int):
-    """A Keras PyDataset of shuffled, augmented training batches (a new order and new draws each epoch)."""
+def augmented_batches(images: np.ndarray, onehot: np.ndarray, weights: np.ndarray, batch: int, seed: int,
+                      first_epoch: int = 0):
+    """A Keras PyDataset of shuffled, augmented training batches: a new order and new draws each epoch,
+    counted from `first_epoch` so that a resumed run does not replay the draws of its first epochs."""
     import keras
 
     class AugmentedBatches(keras.utils.PyDataset):
         def __init__(self):
             super().__init__(workers=4, use_multiprocessing=False)  # OpenCV releases the GIL
-            self.epoch = 0
-            self.order = np.random.default_rng(seed).permutation(len(images))
+            self.epoch = first_epoch
+            self.order = np.random.default_rng((seed, self.epoch)).permutation(len(images))
 
         def __len__(self) -> int:
             return len(images) // batch  # drop the ragged last batch
@@ -208,8 +210,8 @@ def main(argv=None) -> int:
     if args.exclude_norms_from_decay:
         optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias", "pos", "alpha_logit"])
     model.compile(optimizer=optimizer,
-                    loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
-                    metrics=["accuracy"])
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
+                  metrics=["accuracy"])
 
     history_path = args.out / "history.csv"
 
@@ -232,7 +234,8 @@ def main(argv=None) -> int:
                 model.save(args.out / "best.keras")
 
     started = time.time()
-    model.fit(augmented_batches(faces_train, onehot_train, sample_w, args.batch, args.seed),
+    epochs_done = len(_read_history(history_path))  # > 0 when resuming from backup/
+    model.fit(augmented_batches(faces_train, onehot_train, sample_w, args.batch, args.seed, epochs_done),
               validation_data=(x_val, onehot_val), validation_batch_size=512, epochs=args.epochs,
               verbose=2, callbacks=[
                   keras.callbacks.BackupAndRestore(str(args.out / "backup")),

@@ -203,7 +203,7 @@ def main(argv=None) -> int:
         warmup_target=args.lr, warmup_steps=steps * args.warmup_epochs)
     model = build_hybrid(width=args.width)
     if args.init_from and not (args.out / "backup").exists():  # on resume the backup holds the weights
-        revived = warm_start(model, keras.models.load_model(args.init_from), x_train[:2000, ..., 0],
+        revived = warm_start(model, keras.models.load_model(args.init_from), faces_train[:2000],
                              mlp_unit_stats, seed=args.seed)
         print(f"warm start from {args.init_from}: revived dead MLP units per ViT block {revived}", flush=True)
     optimizer = keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay)
@@ -214,6 +214,7 @@ def main(argv=None) -> int:
                   metrics=["accuracy"])
 
     history_path = args.out / "history.csv"
+    earlier_epochs = _read_history(history_path)  # non-empty when resuming from backup/
 
     class EpochLog(keras.callbacks.Callback):
         """Times each epoch, records the fusion alpha, and saves the network whenever its PublicTest
@@ -221,7 +222,7 @@ def main(argv=None) -> int:
 
         def __init__(self):
             super().__init__()
-            self.best = max((float(r["val_accuracy"]) for r in _read_history(history_path)), default=-1.0)
+            self.best = max((float(r["val_accuracy"]) for r in earlier_epochs), default=-1.0)
 
         def on_epoch_begin(self, epoch, logs=None):
             self.t0 = time.time()
@@ -234,8 +235,7 @@ def main(argv=None) -> int:
                 model.save(args.out / "best.keras")
 
     started = time.time()
-    epochs_done = len(_read_history(history_path))  # > 0 when resuming from backup/
-    model.fit(augmented_batches(faces_train, onehot_train, sample_w, args.batch, args.seed, epochs_done),
+    model.fit(augmented_batches(faces_train, onehot_train, sample_w, args.batch, args.seed, len(earlier_epochs)),
               validation_data=(x_val, onehot_val), validation_batch_size=512, epochs=args.epochs,
               verbose=2, callbacks=[
                   keras.callbacks.BackupAndRestore(str(args.out / "backup")),

@@ -47,9 +47,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--init-from", type=Path,
                    help="warm start: copy the weights of this .keras model (same architecture) before training, "
                         "reviving dead ViT MLP units; the schedule starts afresh (a warm restart)")
+    p.add_argument("--teacher", type=Path, nargs="+", default=[], metavar="MODEL.keras",
+                   help="distil: train towards a blend of the label and these networks' probabilities, averaged "
+                        "over the shipped graph's views of each clean training face (computed once, cached in --out)")
+    p.add_argument("--teacher-weight", type=float, default=0.5,
+                   help="share of the teachers' probabilities in each target (the label keeps the rest)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=0, help="TF intra-op threads (0 = all cores)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not 0.0 <= args.teacher_weight <= 1.0:
+        p.error(f"--teacher-weight must lie within 0..1, got {args.teacher_weight}")
+    return args
 
 
 def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -111,6 +119,49 @@ def warm_start(model, source, images: np.ndarray, unit_stats, seed: int, thresho
     return revived
 
 
+def blend_targets(onehot: np.ndarray, teacher: np.ndarray, weight: float) -> np.ndarray:
+    """Training targets for distillation: (1 - weight) * the label + weight * the teachers' probabilities.
+
+    The label keeps its share because the teachers learnt from these very faces and are overconfident on
+    them; the teachers' share carries what a one-hot label cannot: which other expressions a face resembles,
+    and a softer target where FER2013's label is doubtful.
+    """
+    if onehot.shape != teacher.shape:
+        raise ValueError(f"labels {onehot.shape} and teacher probabilities {teacher.shape} differ in shape")
+    if not np.allclose(teacher.sum(axis=1), 1.0, atol=1e-3):
+        raise ValueError("teacher probabilities must sum to 1 for every face")
+    return ((1.0 - weight) * onehot + weight * teacher).astype(np.float32)
+
+
+def teacher_probabilities(paths: list[Path], faces: np.ndarray, cache: Path) -> np.ndarray:
+    """The teachers' mean probabilities (N, classes) over the shipped views of each clean training face.
+
+    Computed once and cached in the run directory (a resumed run reads it back; derived from the dataset,
+    so it stays out of the repository like the data). The views are the export default's, the same
+    test-time augmentation that the shipped graph averages.
+    """
+    if cache.exists():
+        probs = np.load(cache)
+        if probs.shape[0] == len(faces):
+            return probs
+        print(f"{cache}: {probs.shape[0]} rows for {len(faces)} faces, recomputing", flush=True)
+    import keras
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from pi.fer import FaceViews
+
+    views = FaceViews((0.9, 1.0, 1.1), flip=True)
+    probs = np.zeros((len(faces), 0))
+    for path in paths:
+        teacher = keras.models.load_model(path)
+        p = np.mean([teacher.predict(v[..., None], batch_size=512, verbose=0) for v in views.iter_views(faces)],
+                    axis=0)
+        probs = p if probs.shape[1] == 0 else probs + p
+    probs = (probs / len(paths)).astype(np.float32)
+    np.save(cache, probs)
+    return probs
+
+
 def augment_batch(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Randomly flip, rotate (±10°), zoom (±10 %), shift (±10 %), brighten (±15 %) and contrast (±20 %)
     each face of a (B, H, W) batch; returns float32 (B, H, W, 1) in 0..255.
@@ -141,7 +192,7 @@ def augment_batch(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(out, 0.0, 255.0).astype(np.float32)[..., None]
 
 
-def augmented_batches(images: np.ndarray, onehot: np.ndarray, weights: np.ndarray, batch: int, seed: int,
+def augmented_batches(images: np.ndarray, targets: np.ndarray, weights: np.ndarray, batch: int, seed: int,
                       first_epoch: int = 0):
     """A Keras PyDataset of shuffled, augmented training batches: a new order and new draws each epoch,
     counted from `first_epoch` so that a resumed run does not replay the draws of its first epochs."""
@@ -159,7 +210,7 @@ def augmented_batches(images: np.ndarray, onehot: np.ndarray, weights: np.ndarra
         def __getitem__(self, index: int):
             idx = self.order[index * batch:(index + 1) * batch]
             rng = np.random.default_rng((seed, self.epoch, index))  # reproducible whatever the thread order
-            return augment_batch(images[idx], rng), onehot[idx], weights[idx]
+            return augment_batch(images[idx], rng), targets[idx], weights[idx]
 
         def on_epoch_end(self):
             self.epoch += 1
@@ -195,6 +246,12 @@ def main(argv=None) -> int:
         np.array([class_weight[int(c)] for c in y_train], np.float32)
     n_classes = len(CLASSES)
     onehot_train = np.eye(n_classes, dtype=np.float32)[y_train]
+    targets_train = onehot_train
+    if args.teacher:
+        teacher = teacher_probabilities(args.teacher, faces_train, args.out / "teacher_probabilities.npy")
+        print(f"teachers {[str(t) for t in args.teacher]}: clean training accuracy "
+              f"{np.mean(teacher.argmax(1) == y_train):.4f}, weight {args.teacher_weight}", flush=True)
+        targets_train = blend_targets(onehot_train, teacher, args.teacher_weight)
     onehot_val = np.eye(n_classes, dtype=np.float32)[y_val]
 
     steps = len(y_train) // args.batch
@@ -235,7 +292,7 @@ def main(argv=None) -> int:
                 model.save(args.out / "best.keras")
 
     started = time.time()
-    model.fit(augmented_batches(faces_train, onehot_train, sample_w, args.batch, args.seed, len(earlier_epochs)),
+    model.fit(augmented_batches(faces_train, targets_train, sample_w, args.batch, args.seed, len(earlier_epochs)),
               validation_data=(x_val, onehot_val), validation_batch_size=512, epochs=args.epochs,
               verbose=2, callbacks=[
                   keras.callbacks.BackupAndRestore(str(args.out / "backup")),

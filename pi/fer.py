@@ -211,6 +211,11 @@ class FaceViews:
         return np.mean([classifier.predict(v) for v in self.iter_views(faces)], axis=0)
 
 
+# The views that scripts/export_fer.py bakes into the shipped graph unless told otherwise: the best of the
+# view sets measured (models/fer_training.md, stage 5). Distillation targets average the same views.
+GRAPH_VIEWS = FaceViews((0.9, 1.0, 1.1), flip=True)
+
+
 def scales_argument(text: str) -> tuple[float, ...]:
     """argparse type for a comma-separated list of view zooms (`fer-eval --scales`, export_fer.py)."""
     import argparse

@@ -23,7 +23,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from pi.fer import FaceViews, scales_argument  # noqa: E402  (numpy only: the resampling the graph and runtime share)
+from pi.fer import GRAPH_VIEWS, FaceViews, scales_argument  # noqa: E402  (numpy only: the resampling the graph and runtime share)
 
 
 def parse_args(argv=None):
@@ -33,7 +33,7 @@ def parse_args(argv=None):
     p.add_argument("--val", type=Path, required=True, help="validation .npz for the reported figures")
     p.add_argument("--out", type=Path, default=ROOT / "models")
     p.add_argument("--calibration", type=int, default=1000, help="representative images for int8")
-    p.add_argument("--view-scales", type=scales_argument, default=(0.9, 1.0, 1.1), metavar="S,S,...",
+    p.add_argument("--view-scales", type=scales_argument, default=GRAPH_VIEWS.scales, metavar="S,S,...",
                    help="zooms averaged inside the shipped graph (1.0 alone: no zoom views)")
     p.add_argument("--no-view-flip", dest="view_flip", action="store_false",
                    help="do not also average the mirrored views inside the graph")

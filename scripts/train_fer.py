@@ -133,33 +133,40 @@ def blend_targets(onehot: np.ndarray, teacher: np.ndarray, weight: float) -> np.
     return ((1.0 - weight) * onehot + weight * teacher).astype(np.float32)
 
 
-def teacher_probabilities(paths: list[Path], faces: np.ndarray, cache: Path) -> np.ndarray:
-    """The teachers' mean probabilities (N, classes) over the shipped views of each clean training face.
+def cached_probabilities(cache: Path, teachers: list[str], faces: int) -> np.ndarray | None:
+    """The cached teacher probabilities if `cache` was made by these teachers for this many faces, else None."""
+    if not cache.exists():
+        return None
+    with np.load(cache) as saved:
+        if list(saved["teachers"]) == teachers and saved["probabilities"].shape[0] == faces:
+            return saved["probabilities"]
+    print(f"{cache} was made for other teachers or faces: recomputing", flush=True)
+    return None
 
-    Computed once and cached in the run directory (a resumed run reads it back; derived from the dataset,
-    so it stays out of the repository like the data). The views are the export default's, the same
-    test-time augmentation that the shipped graph averages.
+
+def teacher_probabilities(paths: list[Path], faces: np.ndarray, cache: Path) -> np.ndarray:
+    """The teachers' mean probabilities (N, classes) over the shipped graph's views of each clean training face.
+
+    Computed once and cached in the run directory with the teachers' paths: a resumed run reads it back,
+    other teachers or other faces recompute it. Derived from the dataset, so it stays out of the repository
+    like the data.
     """
-    if cache.exists():
-        probs = np.load(cache)
-        if probs.shape[0] == len(faces):
-            return probs
-        print(f"{cache}: {probs.shape[0]} rows for {len(faces)} faces, recomputing", flush=True)
+    names = [str(p) for p in paths]
+    cached = cached_probabilities(cache, names, len(faces))
+    if cached is not None:
+        return cached
     import keras
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from pi.fer import FaceViews
+    from pi.fer import GRAPH_VIEWS
 
-    views = FaceViews((0.9, 1.0, 1.1), flip=True)
-    probs = np.zeros((len(faces), 0))
-    for path in paths:
-        teacher = keras.models.load_model(path)
-        p = np.mean([teacher.predict(v[..., None], batch_size=512, verbose=0) for v in views.iter_views(faces)],
-                    axis=0)
-        probs = p if probs.shape[1] == 0 else probs + p
-    probs = (probs / len(paths)).astype(np.float32)
-    np.save(cache, probs)
-    return probs
+    def view_mean(teacher) -> np.ndarray:
+        return np.mean([teacher.predict(v[..., None], batch_size=512, verbose=0)
+                        for v in GRAPH_VIEWS.iter_views(faces)], axis=0)
+
+    probabilities = np.mean([view_mean(keras.models.load_model(p)) for p in paths], axis=0).astype(np.float32)
+    np.savez(cache, probabilities=probabilities, teachers=np.array(names))
+    return probabilities
 
 
 def augment_batch(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -248,7 +255,7 @@ def main(argv=None) -> int:
     onehot_train = np.eye(n_classes, dtype=np.float32)[y_train]
     targets_train = onehot_train
     if args.teacher:
-        teacher = teacher_probabilities(args.teacher, faces_train, args.out / "teacher_probabilities.npy")
+        teacher = teacher_probabilities(args.teacher, faces_train, args.out / "teacher_probabilities.npz")
         print(f"teachers {[str(t) for t in args.teacher]}: clean training accuracy "
               f"{np.mean(teacher.argmax(1) == y_train):.4f}, weight {args.teacher_weight}", flush=True)
         targets_train = blend_targets(onehot_train, teacher, args.teacher_weight)

@@ -7,7 +7,7 @@ import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from train_fer import blend_targets, parse_args, teacher_probabilities  # noqa: E402
+from train_fer import blend_targets, cached_probabilities, parse_args  # noqa: E402
 
 
 def _probabilities(rng: np.random.Generator, n: int, k: int = 7) -> np.ndarray:
@@ -45,13 +45,17 @@ def test_mismatched_or_unnormalised_teachers_are_refused():
         blend_targets(onehot, np.full((3, 7), 0.5), 0.5)
 
 
-def test_cached_probabilities_are_reused_without_loading_a_teacher(tmp_path):
-    """A resumed run reads the cache: the teacher paths are never opened (these do not exist)."""
+def test_cache_serves_a_resumed_run_and_nothing_else(tmp_path):
+    """A resumed run reads the teachers' probabilities back; other teachers or another training set must
+    recompute them rather than train towards stale targets."""
     cached = _probabilities(np.random.default_rng(2), 10).astype(np.float32)
-    np.save(tmp_path / "teacher.npy", cached)
-    out = teacher_probabilities([tmp_path / "missing.keras"], np.zeros((10, 48, 48), np.float32),
-                                tmp_path / "teacher.npy")
-    np.testing.assert_array_equal(out, cached)
+    cache = tmp_path / "teacher.npz"
+    assert cached_probabilities(cache, ["a.keras"], 10) is None  # nothing cached yet
+    np.savez(cache, probabilities=cached, teachers=np.array(["a.keras", "b.keras"]))
+    np.testing.assert_array_equal(cached_probabilities(cache, ["a.keras", "b.keras"], 10), cached)
+    assert cached_probabilities(cache, ["a.keras", "c.keras"], 10) is None
+    assert cached_probabilities(cache, ["a.keras"], 10) is None
+    assert cached_probabilities(cache, ["a.keras", "b.keras"], 11) is None
 
 
 def test_teacher_weight_outside_0_to_1_is_a_usage_error(capsys):

@@ -11,7 +11,8 @@ again with the same --out directory and arguments.
     nohup python scripts/train_fer.py --train ../shared/datasets/fer2013/fer2013_training.npz \
         --val ../shared/datasets/fer2013/fer2013_publictest.npz --out build/fer_run > build/fer_train.log 2>&1 &
 
-Writes to --out: backup/ (resume state), best.keras (best PublicTest accuracy), history.csv (the curve)
+Writes to --out: backup/ (resume state, deleted when the run completes), best.keras (best PublicTest
+accuracy), last.keras (the latest epoch: the annealed weights once the run completes), history.csv (the curve)
 and summary.json (command line, seed, epochs, best epoch and accuracy, wall time).
 """
 from __future__ import annotations
@@ -281,8 +282,10 @@ def main(argv=None) -> int:
     earlier_epochs = _read_history(history_path)  # non-empty when resuming from backup/
 
     class EpochLog(keras.callbacks.Callback):
-        """Times each epoch, records the fusion alpha, and saves the network whenever its PublicTest
-        accuracy beats every earlier epoch's, earlier processes of a resumed run included."""
+        """Times each epoch, records the fusion alpha, saves the network as last.keras, and as best.keras
+        whenever its PublicTest accuracy beats every earlier epoch's, earlier processes of a resumed run
+        included. (BackupAndRestore deletes its state when the run completes: without last.keras the
+        annealed final weights would be lost whenever an earlier epoch scored higher.)"""
 
         def __init__(self):
             super().__init__()
@@ -294,6 +297,7 @@ def main(argv=None) -> int:
         def on_epoch_end(self, epoch, logs=None):
             logs["epoch_seconds"] = time.time() - self.t0
             logs["alpha"] = float(keras.ops.sigmoid(model.get_layer("fusion").logit))
+            model.save(args.out / "last.keras")
             if logs["val_accuracy"] > self.best:
                 self.best = logs["val_accuracy"]
                 model.save(args.out / "best.keras")

@@ -5,6 +5,9 @@ split, and write models/fer_float.tflite, models/fer_int8.tflite and models/fer.
     python scripts/export_fer.py --run build/fer_run --train ../shared/datasets/fer2013/fer2013_training.npz \
         --val ../shared/datasets/fer2013/fer2013_publictest.npz --out models
 
+Several `--run`s export an ensemble in one graph: every network classifies the same views and the
+probabilities are averaged, so the runtime still makes one invoke per face.
+
 The input contract is fixed: raw grayscale pixels 0..255 in (normalisation is inside the graph), a batch of
 one (a dynamic batch adds stray ops), seven probabilities out. int8 calibration uses training images only.
 """
@@ -28,7 +31,8 @@ from pi.fer import GRAPH_VIEWS, FaceViews, scales_argument  # noqa: E402  (numpy
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", type=Path, required=True, help="training run directory (best.keras, history.csv)")
+    p.add_argument("--run", type=Path, nargs="+", required=True,
+                   help="training run directory (best.keras, history.csv); several make an ensemble in one graph")
     p.add_argument("--train", type=Path, required=True, help="training .npz (int8 calibration images)")
     p.add_argument("--val", type=Path, required=True, help="validation .npz for the reported figures")
     p.add_argument("--out", type=Path, default=ROOT / "models")
@@ -83,17 +87,17 @@ def fold_dead_mlps(model, images: np.ndarray, width: float, threshold: float = 1
     return folded, sorted(dead)
 
 
-def with_views(model, views):
-    """Wrap `model` so that one invoke classifies every view of the face and averages the probabilities.
+def with_views(models: list, views):
+    """Wrap `models` so that one invoke classifies every view of the face and averages the probabilities.
 
     Test-time augmentation inside the graph: the views are `FaceViews.matrices` products (the same
-    resampling the runtime's FaceViews uses), batched through the network, and the mean of their
-    probabilities is the output. The input contract does not change.
+    resampling the runtime's FaceViews uses), batched through each network, and the mean of all their
+    probabilities (views, then networks) is the output. The input contract does not change.
     """
     import keras
     from keras import ops
 
-    size = int(model.input_shape[1])
+    size = int(models[0].input_shape[1])
     rows, cols = views.matrices(size, size)
     count = views.count
     # Both products as plain matrix products with a constant right-hand side (FULLY_CONNECTED in TFLite):
@@ -118,14 +122,53 @@ def with_views(model, views):
             return ops.mean(ops.reshape(p, (-1, count, p.shape[-1])), axis=1)
 
     inputs = keras.Input((size, size, 1), name="pixels")
-    return keras.Model(inputs, ViewMean(name="view_mean")(model(ViewStack(name="views")(inputs))),
-                       name=f"{model.name}_views")
+    stacked = ViewStack(name="views")(inputs) if count > 1 else inputs
+    means = [ViewMean(name=f"view_mean_{i}")(m(stacked)) if count > 1 else m(stacked) for i, m in enumerate(models)]
+    output = means[0] if len(means) == 1 else keras.layers.Average(name="ensemble_mean")(means)
+    return keras.Model(inputs, output, name="fer_views")
+
+
+def load_member(run: Path, index: int, calibration: np.ndarray, val_images: np.ndarray):
+    """One network of the shipped graph: its best.keras with dead MLP branches folded, and its facts."""
+    import keras
+
+    model = keras.models.load_model(run / "best.keras")
+    summary_path = run / "summary.json"
+    training = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    width = float(training.get("args", {}).get("width", 0.5))
+    original = model
+    model, folded_blocks = fold_dead_mlps(model, calibration, width)
+    if folded_blocks:
+        check = val_images[:1000][..., None].astype("float32")
+        before, after = original.predict(check, verbose=0), model.predict(check, verbose=0)
+        print(f"{run}: folded dead MLP branches of ViT blocks {folded_blocks}: max probability change "
+              f"{np.abs(before - after).max():.2e}, argmax agreement {np.mean(before.argmax(1) == after.argmax(1)):.4f}")
+    model.name = f"member{index}"  # nested networks need distinct names in the ensemble graph
+    with open(run / "history.csv") as fh:
+        history = list(csv.DictReader(fh))
+    facts = {
+        "run": run.name,
+        "width": width,
+        "parameters": int(model.count_params()),
+        "fusion_alpha": round(float(keras.ops.convert_to_numpy(keras.ops.sigmoid(model.get_layer("fusion").logit))), 4),
+        "folded_dead_mlp_blocks": folded_blocks,
+        "training": {
+            "command": training.get("command"),
+            "warm_start_from": training.get("args", {}).get("init_from"),  # the run it continued, if any
+            "epochs_completed": len(history),
+            "best_epoch": training.get("best_epoch"),
+            "best_val_accuracy_keras": training.get("best_val_accuracy"),
+            "seconds_all_epochs": training.get("seconds_all_epochs"),
+            "curve_val_accuracy": [round(float(r["val_accuracy"]), 4) for r in history],
+            "curve_train_accuracy": [round(float(r["accuracy"]), 4) for r in history],
+        },
+    }
+    return model, facts
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
     import tensorflow as tf
 
     sys.path.insert(0, str(ROOT / "scripts"))
@@ -134,30 +177,24 @@ def main(argv=None) -> int:
     from pi.fer_eval import load_dataset
     from pi.metrics import report
 
-    model = keras.models.load_model(args.run / "best.keras")
-    size = int(model.input_shape[1])
     args.out.mkdir(parents=True, exist_ok=True)
     train = np.load(args.train)["images"]
     rng = np.random.default_rng(args.seed)
     calibration = train[rng.choice(len(train), args.calibration, replace=False)]
-    summary_path = args.run / "summary.json"
-    training = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    training_args = training.get("args", {})
-    original = model
-    model, folded_blocks = fold_dead_mlps(model, calibration, float(training_args.get("width", 0.5)))
-    if folded_blocks:
-        check = np.load(args.val)["images"][:1000][..., None].astype("float32")
-        before, after = original.predict(check, verbose=0), model.predict(check, verbose=0)
-        print(f"folded dead MLP branches of ViT blocks {folded_blocks}: max probability change "
-              f"{np.abs(before - after).max():.2e}, argmax agreement {np.mean(before.argmax(1) == after.argmax(1)):.4f}")
+    val_images = np.load(args.val)["images"]
+    loaded = [load_member(run, i, calibration, val_images) for i, run in enumerate(args.run)]
+    models, members = [m for m, _ in loaded], [f for _, f in loaded]
+    size = int(models[0].input_shape[1])
+    if any(int(m.input_shape[1]) != size for m in models):
+        raise SystemExit("the runs disagree on the input size: " + ", ".join(str(m.input_shape) for m in models))
 
     views = FaceViews(args.view_scales, args.view_flip)
-    shipped = with_views(model, views) if views.count > 1 else model
-    if shipped is not model:  # the graph's views must be exactly the runtime's FaceViews
-        check = np.load(args.val)["images"][:64]
-        by_views = np.mean([model.predict(v[..., None], verbose=0) for v in views.views(check)], axis=0)
-        gap = float(np.abs(shipped.predict(check[..., None].astype("float32"), verbose=0) - by_views).max())
-        print(f"views in the graph vs FaceViews: max probability difference {gap:.2e}")
+    shipped = with_views(models, views) if views.count > 1 or len(models) > 1 else models[0]
+    if shipped is not models[0]:  # the graph must be exactly the runtime's FaceViews averaged over the networks
+        check = val_images[:64]
+        expected = np.mean([m.predict(v[..., None], verbose=0) for m in models for v in views.views(check)], axis=0)
+        gap = float(np.abs(shipped.predict(check[..., None].astype("float32"), verbose=0) - expected).max())
+        print(f"views and networks in the graph vs FaceViews: max probability difference {gap:.2e}")
         if gap > 1e-4:
             raise SystemExit(f"the in-graph views disagree with FaceViews (max difference {gap:.2e})")
     with tempfile.TemporaryDirectory() as tmp:
@@ -171,9 +208,11 @@ def main(argv=None) -> int:
         saved = export(shipped, "shipped")
         files["float"].write_bytes(convert(saved, None))
         files["int8"].write_bytes(convert(saved, calibration))
-        # the network alone, one view per invoke: measured for reference, not shipped
-        files["int8_single_view"] = Path(tmp) / "fer_int8_single_view.tflite"
-        files["int8_single_view"].write_bytes(convert(export(model, "single"), calibration))
+        # each network alone, one view per invoke: measured for reference, not shipped
+        reference = {f"int8_single_view_{m.name}" if len(models) > 1 else "int8_single_view": m for m in models}
+        for name, m in reference.items():
+            files[name] = Path(tmp) / f"{name}.tflite"
+            files[name].write_bytes(convert(export(m, name), calibration))
 
         classes = list(fer_model.CLASSES)
         images, labels = load_dataset(args.val)
@@ -191,17 +230,15 @@ def main(argv=None) -> int:
                               "zero_point": int(details["quantization"][1])}
             if name in ("float", "int8"):
                 xnnpack[name] = clf.xnnpack
-        files["int8_single_view"].unlink()
-        del files["int8_single_view"]
+        for name in reference:
+            files.pop(name).unlink()
 
-    with open(args.run / "history.csv") as fh:
-        history = list(csv.DictReader(fh))
-    alpha = float(keras.ops.convert_to_numpy(keras.ops.sigmoid(model.get_layer("fusion").logit)))
+    networks = "one network" if len(models) == 1 else f"an ensemble of {len(models)} networks (probabilities averaged)"
     meta = {
         "name": "fer_mnv2_vit",
         "description": "MobileNetV2 (width 0.5, 64-channel stage stride 1) + 2-block ViT on the 6x6 map, "
-                       "alpha-fused; trained on FER2013 Training, selected on PublicTest; each invoke averages "
-                       f"the network over {views.count} views of the face (views_in_graph)",
+                       "alpha-fused; trained on FER2013 Training, selected on PublicTest; each invoke runs "
+                       f"{networks} over {views.count} views of the face (views_in_graph, members)",
         "classes": classes,
         "input_size": size,
         "input_contract": "one grayscale face, raw pixels 0..255 as float32 [1,48,48,1]; normalisation is "
@@ -209,23 +246,12 @@ def main(argv=None) -> int:
         "int8_input_quantization": int8_input,
         "files": {name: {"path": f"models/{p.name}", "bytes": p.stat().st_size} for name, p in files.items()},
         "xnnpack_accepts": xnnpack,
-        "folded_dead_mlp_blocks": folded_blocks,
-        "parameters": int(model.count_params()),
-        "fusion_alpha": round(alpha, 4),
+        "parameters": sum(m["parameters"] for m in members),
         "validation_split": "FER2013 PublicTest (3589 images)",
         "publictest": measured,
         "views_in_graph": {"scales": list(views.scales), "flip": views.flip, "count": views.count},
         "int8_agreement_with_float": round(float(np.mean(predictions["int8"] == predictions["float"])), 4),
-        "training": {
-            "command": training.get("command"),
-            "warm_start_from": training_args.get("init_from"),  # the run it continued, if any
-            "epochs_completed": len(history),
-            "best_epoch": training.get("best_epoch"),
-            "best_val_accuracy_keras": training.get("best_val_accuracy"),
-            "seconds_all_epochs": training.get("seconds_all_epochs"),
-            "curve_val_accuracy": [round(float(r["val_accuracy"]), 4) for r in history],
-            "curve_train_accuracy": [round(float(r["accuracy"]), 4) for r in history],
-        },
+        "members": members,
         "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     (args.out / "fer.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -181,8 +181,8 @@ def main(argv=None) -> int:
     train = np.load(args.train)["images"]
     rng = np.random.default_rng(args.seed)
     calibration = train[rng.choice(len(train), args.calibration, replace=False)]
-    val_images = np.load(args.val)["images"]
-    loaded = [load_member(run, i, calibration, val_images) for i, run in enumerate(args.run)]
+    images, labels = load_dataset(args.val)  # read once: folding check, views check and the reported figures
+    loaded = [load_member(run, i, calibration, images) for i, run in enumerate(args.run)]
     models, members = [m for m, _ in loaded], [f for _, f in loaded]
     size = int(models[0].input_shape[1])
     if any(int(m.input_shape[1]) != size for m in models):
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
     views = FaceViews(args.view_scales, args.view_flip)
     shipped = with_views(models, views) if views.count > 1 or len(models) > 1 else models[0]
     if shipped is not models[0]:  # the graph must be exactly the runtime's FaceViews averaged over the networks
-        check = val_images[:64]
+        check = images[:64]
         expected = np.mean([m.predict(v[..., None], verbose=0) for m in models for v in views.views(check)], axis=0)
         gap = float(np.abs(shipped.predict(check[..., None].astype("float32"), verbose=0) - expected).max())
         print(f"views and networks in the graph vs FaceViews: max probability difference {gap:.2e}")
@@ -215,7 +215,6 @@ def main(argv=None) -> int:
             files[name].write_bytes(convert(export(m, name), calibration))
 
         classes = list(fer_model.CLASSES)
-        images, labels = load_dataset(args.val)
         measured, predictions, xnnpack = {}, {}, {}
         for name, path in files.items():
             clf = ExpressionClassifier(path, tuple(classes), size, threads=2)
@@ -247,7 +246,7 @@ def main(argv=None) -> int:
         "files": {name: {"path": f"models/{p.name}", "bytes": p.stat().st_size} for name, p in files.items()},
         "xnnpack_accepts": xnnpack,
         "parameters": sum(m["parameters"] for m in members),
-        "validation_split": "FER2013 PublicTest (3589 images)",
+        "validation_split": f"{args.val.name} ({len(labels)} images)",
         "publictest": measured,
         "views_in_graph": {"scales": list(views.scales), "flip": views.flip, "count": views.count},
         "int8_agreement_with_float": round(float(np.mean(predictions["int8"] == predictions["float"])), 4),

@@ -54,6 +54,8 @@ def test_500_publictest_images_reproduce_the_recorded_accuracy(classifier):
     recorded = read_metadata(META)["publictest"]["int8"]["accuracy"]
     # 500 images: the binomial standard error is ~2.2 points; allow 3 of them either way
     assert abs(accuracy - recorded) < 0.066, (accuracy, recorded)
+    # the bar, on this fixed draw (deterministic: same faces, same int8 kernels every run)
+    assert accuracy >= 0.65, accuracy
     majority = np.bincount(labels).max() / len(labels)
     assert accuracy > majority + 0.2  # far above always answering the commonest class
 

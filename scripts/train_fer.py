@@ -2,8 +2,9 @@
 """Train the MobileNetV2+ViT FER2013 hybrid with Keras 3 (`pip install .[train]`).
 
 Any Keras backend trains it: TensorFlow on this machine's CPU, JAX on a lent GPU
-(`KERAS_BACKEND=jax`); OpenCV augments the batches on the host, so no tf.data pipeline is needed.
-The saved .keras models are backend-neutral and scripts/export_fer.py converts them with TensorFlow.
+(`KERAS_BACKEND=jax`). OpenCV augments each epoch on the host and `fit` gets plain arrays, so no tf.data
+pipeline is needed. The saved .keras models are backend-neutral and scripts/export_fer.py converts them
+with TensorFlow.
 
 Long job: run it in the background; it checkpoints every epoch and resumes where it stopped when started
 again with the same --out directory and arguments.
@@ -11,13 +12,14 @@ again with the same --out directory and arguments.
     nohup python scripts/train_fer.py --train ../shared/datasets/fer2013/fer2013_training.npz \
         --val ../shared/datasets/fer2013/fer2013_publictest.npz --out build/fer_run > build/fer_train.log 2>&1 &
 
-Writes to --out: backup/ (resume state, deleted when the run completes), best.keras (best PublicTest
-accuracy), last.keras (the latest epoch: the annealed weights once the run completes), history.csv (the curve)
-and summary.json (command line, seed, epochs, best epoch and accuracy, wall time).
+Writes to --out: last.keras (the latest epoch with its optimizer state: the resume point, and the annealed
+weights once the run completes), best.keras (best PublicTest accuracy), history.csv (the curve) and
+summary.json (command line, seed, epochs, best epoch and accuracy, wall time).
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -69,8 +71,6 @@ def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_history(path: Path) -> list[dict]:
-    import csv
-
     if not path.exists():
         return []
     with open(path) as fh:
@@ -89,6 +89,15 @@ def _accelerator() -> str:
         gpus = tf.config.list_physical_devices("GPU")
         return ", ".join(g.name for g in gpus) or "CPU"
     return keras.backend.backend()
+
+
+def _allocator() -> str:
+    """The malloc this process runs on. TensorFlow's per-step activations are larger than glibc's mmap
+    threshold, so glibc maps and unmaps them every step and the page faults keep the CPU in the kernel
+    (25-40 % of the CPU time here); tcmalloc keeps the memory (3 %; models/fer_train_bench.json)."""
+    maps = Path("/proc/self/maps")
+    loaded = maps.read_text() if maps.exists() else ""
+    return next((name for name in ("tcmalloc", "jemalloc") if name in loaded), "system malloc")
 
 
 def warm_start(model, source, images: np.ndarray, unit_stats, seed: int, threshold: float = 1e-4) -> dict:
@@ -200,31 +209,20 @@ def augment_batch(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(out, 0.0, 255.0).astype(np.float32)[..., None]
 
 
-def augmented_batches(images: np.ndarray, targets: np.ndarray, weights: np.ndarray, batch: int, seed: int,
-                      first_epoch: int = 0):
-    """A Keras PyDataset of shuffled, augmented training batches: a new order and new draws each epoch,
-    counted from `first_epoch` so that a resumed run does not replay the draws of its first epochs."""
-    import keras
+def epoch_batches(images: np.ndarray, targets: np.ndarray, weights: np.ndarray, batch: int, seed: int,
+                  epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One epoch of training data as arrays (faces, targets, weights): shuffled, augmented, whole batches only.
 
-    class AugmentedBatches(keras.utils.PyDataset):
-        def __init__(self):
-            super().__init__(workers=4, use_multiprocessing=False)  # OpenCV releases the GIL
-            self.epoch = first_epoch
-            self.order = np.random.default_rng((seed, self.epoch)).permutation(len(images))
-
-        def __len__(self) -> int:
-            return len(images) // batch  # drop the ragged last batch
-
-        def __getitem__(self, index: int):
-            idx = self.order[index * batch:(index + 1) * batch]
-            rng = np.random.default_rng((seed, self.epoch, index))  # reproducible whatever the thread order
-            return augment_batch(images[idx], rng), targets[idx], weights[idx]
-
-        def on_epoch_end(self):
-            self.epoch += 1
-            self.order = np.random.default_rng((seed, self.epoch)).permutation(len(images))
-
-    return AugmentedBatches()
+    The order depends on (seed, epoch) and each batch's draws on (seed, epoch, batch index) alone, so a run is
+    reproducible and a resumed run continues with the epoch it stopped at instead of replaying epoch 0's draws.
+    Plain arrays need no worker threads and every Keras backend takes them (scripts/bench_train.py compares
+    them with a generator feed). One augmented epoch of FER2013 is 265 MB and takes about a second to make.
+    """
+    steps = len(images) // batch  # drop the ragged last batch
+    order = np.random.default_rng((seed, epoch)).permutation(len(images))[:steps * batch]
+    faces = np.concatenate([augment_batch(images[idx], np.random.default_rng((seed, epoch, i)))
+                            for i, idx in enumerate(order.reshape(steps, batch))])
+    return faces, targets[order], weights[order]
 
 
 def main(argv=None) -> int:
@@ -236,6 +234,10 @@ def main(argv=None) -> int:
     from fer_model import CLASSES, build_hybrid, mlp_unit_stats
 
     keras.utils.set_random_seed(args.seed)
+    if _allocator() == "system malloc" and keras.backend.backend() == "tensorflow" and _accelerator() == "CPU":
+        print("training on the system malloc, under which TensorFlow spends a quarter or more of its CPU time in "
+              "the kernel: apt-get install libtcmalloc-minimal4 and start with "
+              "LD_PRELOAD=/usr/lib/$(uname -m)-linux-gnu/libtcmalloc_minimal.so.4 (scripts/bench_train.py)", flush=True)
     if args.threads and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -267,7 +269,8 @@ def main(argv=None) -> int:
         initial_learning_rate=1e-6, decay_steps=max(1, steps * (args.epochs - args.warmup_epochs)), alpha=1e-5 / args.lr,
         warmup_target=args.lr, warmup_steps=steps * args.warmup_epochs)
     model = build_hybrid(width=args.width)
-    if args.init_from and not (args.out / "backup").exists():  # on resume the backup holds the weights
+    checkpoint = args.out / "last.keras"
+    if args.init_from and not checkpoint.exists():  # a resumed run takes its weights from the checkpoint
         revived = warm_start(model, keras.models.load_model(args.init_from), faces_train[:2000],
                              mlp_unit_stats, seed=args.seed)
         print(f"warm start from {args.init_from}: revived dead MLP units per ViT block {revived}", flush=True)
@@ -277,15 +280,27 @@ def main(argv=None) -> int:
     model.compile(optimizer=optimizer,
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
                   metrics=["accuracy"])
+    epochs_done = 0
+    if checkpoint.exists():
+        optimizer.build(model.trainable_variables)
+        model.load_weights(checkpoint)  # weights and optimizer state; its step count drives the schedule
+        epochs_done = int(keras.ops.convert_to_numpy(optimizer.iterations)) // steps
+        print(f"resuming from {checkpoint} after epoch {epochs_done}", flush=True)
 
     history_path = args.out / "history.csv"
-    earlier_epochs = _read_history(history_path)  # non-empty when resuming from backup/
+    earlier_epochs = _read_history(history_path)
+    if len(earlier_epochs) > epochs_done:  # killed between an epoch's history row and its checkpoint: redo it
+        earlier_epochs = earlier_epochs[:epochs_done]
+        history_path.unlink()  # CSVLogger starts a new file with its header
+        if earlier_epochs:
+            with open(history_path, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=list(earlier_epochs[0]))
+                writer.writeheader()
+                writer.writerows(earlier_epochs)
 
     class EpochLog(keras.callbacks.Callback):
-        """Times each epoch, records the fusion alpha, saves the network as last.keras, and as best.keras
-        whenever its PublicTest accuracy beats every earlier epoch's, earlier processes of a resumed run
-        included. (BackupAndRestore deletes its state when the run completes: without last.keras the
-        annealed final weights would be lost whenever an earlier epoch scored higher.)"""
+        """Times each epoch, records the fusion alpha, prints the epoch's line, and saves best.keras whenever
+        its PublicTest accuracy beats every earlier epoch's, earlier processes of a resumed run included."""
 
         def __init__(self):
             super().__init__()
@@ -297,19 +312,28 @@ def main(argv=None) -> int:
         def on_epoch_end(self, epoch, logs=None):
             logs["epoch_seconds"] = time.time() - self.t0
             logs["alpha"] = float(keras.ops.sigmoid(model.get_layer("fusion").logit))
-            model.save(args.out / "last.keras")
+            print(f"epoch {epoch + 1}/{args.epochs}: loss {logs['loss']:.4f}, accuracy {logs['accuracy']:.4f}, "
+                  f"val_accuracy {logs['val_accuracy']:.4f}, {logs['epoch_seconds']:.0f} s", flush=True)
             if logs["val_accuracy"] > self.best:
                 self.best = logs["val_accuracy"]
                 model.save(args.out / "best.keras")
 
+    class Checkpoint(keras.callbacks.Callback):
+        """Saves last.keras (weights and optimizer state) after the epoch's history row is written, by a
+        rename, so that a kill leaves either the old checkpoint or the new one, never half of one."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            partial = args.out / "last.partial.keras"
+            model.save(partial)
+            os.replace(partial, checkpoint)
+
+    callbacks = [EpochLog(), keras.callbacks.CSVLogger(str(history_path), append=True), Checkpoint()]
     started = time.time()
-    model.fit(augmented_batches(faces_train, targets_train, sample_w, args.batch, args.seed, len(earlier_epochs)),
-              validation_data=(x_val, onehot_val), validation_batch_size=512, epochs=args.epochs,
-              verbose=2, callbacks=[
-                  keras.callbacks.BackupAndRestore(str(args.out / "backup")),
-                  EpochLog(),
-                  keras.callbacks.CSVLogger(str(history_path), append=True),
-              ])
+    for epoch in range(epochs_done, args.epochs):
+        x, targets, weights = epoch_batches(faces_train, targets_train, sample_w, args.batch, args.seed, epoch)
+        model.fit(x, targets, sample_weight=weights, batch_size=args.batch, shuffle=False, initial_epoch=epoch,
+                  epochs=epoch + 1, validation_data=(x_val, onehot_val), validation_batch_size=512, verbose=0,
+                  callbacks=callbacks)
 
     rows = _read_history(history_path)
     best = max(rows, key=lambda r: float(r["val_accuracy"]))
@@ -327,6 +351,7 @@ def main(argv=None) -> int:
         "parameters": model.count_params(),
         "keras_backend": keras.backend.backend(),
         "accelerator": _accelerator(),
+        "allocator": _allocator(),
         "final_alpha": float(rows[-1].get("alpha", "nan") or "nan"),
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -1,4 +1,5 @@
-"""The training script's host-side augmentation (scripts/train_fer.py): numpy + OpenCV only, no Keras."""
+"""The training script's host-side augmentation and epoch data (scripts/train_fer.py): numpy + OpenCV only,
+no Keras."""
 import sys
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 from conftest import FER_PUBLIC, ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from train_fer import augment_batch  # noqa: E402
+from train_fer import augment_batch, epoch_batches  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +61,30 @@ def test_about_half_the_faces_are_mirrored():
     out = augment_batch(half, np.random.default_rng(3))[..., 0]
     mirrored = out[:, :, :24].mean(axis=(1, 2)) > out[:, :, 24:].mean(axis=(1, 2))
     assert 0.4 < mirrored.mean() < 0.6
+
+
+def test_an_epoch_is_whole_batches_of_the_documented_draws(faces):
+    # 100 faces in batches of 32: three whole batches, the ragged 4 left out; each batch is exactly
+    # augment_batch of its faces with the (seed, epoch, batch index) generator, and targets and weights
+    # stay with their faces
+    images, targets, weights = faces[:100], np.arange(100) * 10, np.arange(100) / 100
+    x, t, w = epoch_batches(images, targets, weights, 32, seed=5, epoch=3)
+    assert x.shape == (96, 48, 48, 1) and len(t) == len(w) == 96
+    order = t // 10
+    assert len(set(order)) == 96 and not np.array_equal(order, np.arange(96))  # shuffled, no repeats
+    np.testing.assert_array_equal(w, weights[order])
+    for i in range(3):
+        idx = order[32 * i:32 * (i + 1)]
+        np.testing.assert_array_equal(x[32 * i:32 * (i + 1)],
+                                      augment_batch(images[idx], np.random.default_rng((5, 3, i))))
+
+
+def test_an_epoch_depends_on_seed_and_epoch_alone(faces):
+    # what a resumed run relies on: epoch k is the same whether or not the process ran epochs 0..k-1
+    images, targets, weights = faces[:64], np.arange(64), np.ones(64)
+    a = epoch_batches(images, targets, weights, 16, seed=1, epoch=2)
+    b = epoch_batches(images, targets, weights, 16, seed=1, epoch=2)
+    c = epoch_batches(images, targets, weights, 16, seed=1, epoch=3)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], c[1])

@@ -291,8 +291,9 @@ def main(argv=None) -> int:
     earlier_epochs = _read_history(history_path)
     if len(earlier_epochs) > epochs_done:  # killed between an epoch's history row and its checkpoint: redo it
         earlier_epochs = earlier_epochs[:epochs_done]
-        history_path.unlink()  # CSVLogger starts a new file with its header
-        if earlier_epochs:
+        if not earlier_epochs:
+            history_path.unlink()  # CSVLogger starts a new file with its header
+        else:
             with open(history_path, "w", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=list(earlier_epochs[0]))
                 writer.writeheader()

@@ -52,6 +52,7 @@ def compare_allocators(args, argv: list[str]) -> int:
     results, missing = {}, []
     for name, library in ALLOCATORS.items():
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        env.pop("LD_PRELOAD", None)  # glibc's child must not inherit an allocator this process was started with
         if library:
             path = find_library(library)
             if path is None:
@@ -59,7 +60,7 @@ def compare_allocators(args, argv: list[str]) -> int:
                 continue
             env["LD_PRELOAD"] = path
         out = subprocess.run([sys.executable, __file__, *argv, "--one"], env=env, check=True,
-                             capture_output=True, text=True).stdout
+                             stdout=subprocess.PIPE, text=True).stdout  # stderr passes through
         results[name] = json.loads(out.strip().splitlines()[-1])
     glibc = results["glibc"]["train_images_per_s"]["arrays"]
     print(json.dumps({

@@ -101,9 +101,8 @@ def measure_feeds(args) -> dict:
     def generator(epoch: int) -> dict:
         x, t, w = epoch_batches(faces, targets, weights, args.batch, 0, epoch)
         steps = len(x) // args.batch
-        batches = ((x[i * args.batch:(i + 1) * args.batch], t[i * args.batch:(i + 1) * args.batch],
-                    w[i * args.batch:(i + 1) * args.batch]) for i in range(steps))
-        return dict(x=batches, steps_per_epoch=steps)
+        parts = (slice(i * args.batch, (i + 1) * args.batch) for i in range(steps))
+        return dict(x=((x[part], t[part], w[part]) for part in parts), steps_per_epoch=steps)
 
     feeds = {"arrays": arrays, "generator": generator}
     rates: dict[str, list[float]] = {name: [] for name in feeds}

@@ -1,27 +1,23 @@
 """The 'detect my emotion' push button on a GPIO pin (Grove button: pressed pulls the line high).
 
-The pin factory is passed in: gpiozero's real factory on a Pi, its MockFactory in simulation and tests,
-where `press()` drives the mock pin exactly as a finger would.
+The pin factory is passed in: gpiozero's real factory on a Pi, its MockFactory in simulation and tests
+(drivers.sim.button adds `press()`, which drives the mock pin as a finger would).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 
 class DetectButton:
-    def __init__(self, pin: int, on_press: Callable[[], None], pin_factory=None, bounce_s: float = 0.05):
+    def __init__(self, pin: int, on_press: Callable[[], None], pin_factory: Any = None,
+                 bounce_s: float = 0.05) -> None:
         from gpiozero import Button
 
         # The Grove button module drives its signal high when pressed, so no pull-up: active-high input.
         self.button = Button(pin, pull_up=False, bounce_time=bounce_s or None, pin_factory=pin_factory)
         self.button.when_pressed = lambda: on_press()
         self.pin = pin
-
-    def press(self) -> None:
-        """Simulate a press and release (mock pin factory only)."""
-        mock_pin = self.button.pin
-        mock_pin.drive_high()
-        mock_pin.drive_low()
+        self.bounce_s = bounce_s
 
     def close(self) -> None:
         self.button.close()

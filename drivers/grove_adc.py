@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from pi.errors import HatNotFoundError, I2CError
+from drivers.errors import HatNotFoundError, I2CError
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 import sys
 
-from pi.cli import main
+from pi.service.cli import main
 
 sys.exit(main())

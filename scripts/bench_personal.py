@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pi.physio_model import ModelRegistry, fit_user  # noqa: E402
-from pi.sim_sessions import simulate_session  # noqa: E402
+from pi.personal.model import ModelRegistry, fit_user  # noqa: E402
+from pi.service.simulated_sessions import simulate_session  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -66,7 +66,7 @@ def tflite_invoke_ms(model, size: int, repeats: int = 200) -> float:
     import tensorflow as tf
 
     sys.path.insert(0, str(ROOT))
-    from pi.fer import load_interpreter_class
+    from pi.vision.fer import load_interpreter_class
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON
         model.export(tmp, format="tf_saved_model", input_signature=[tf.TensorSpec([1, size, size, 1], tf.float32)])

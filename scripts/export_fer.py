@@ -26,7 +26,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from pi.fer import GRAPH_VIEWS, FaceViews, scales_argument  # noqa: E402  (numpy only: the resampling the graph and runtime share)
+from pi.vision.fer import GRAPH_VIEWS, FaceViews, scales_argument  # noqa: E402  (numpy only: the resampling the graph and runtime share)
 
 
 def parse_args(argv=None):
@@ -173,8 +173,8 @@ def main(argv=None) -> int:
 
     sys.path.insert(0, str(ROOT / "scripts"))
     import fer_model  # noqa: F401  (registers the custom layers for loading)
-    from pi.fer import ExpressionClassifier
-    from pi.fer_eval import load_dataset
+    from pi.vision.fer import ExpressionClassifier
+    from pi.vision.evaluation import load_dataset
     from pi.metrics import report
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -168,7 +168,7 @@ def teacher_probabilities(paths: list[Path], faces: np.ndarray, cache: Path) -> 
     import keras
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from pi.fer import GRAPH_VIEWS
+    from pi.vision.fer import GRAPH_VIEWS
 
     def view_mean(teacher) -> np.ndarray:
         return np.mean([teacher.predict(v[..., None], batch_size=512, verbose=0)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate config.yaml (every key, its default and its meaning) from the schema in pi/config.py.
+"""Regenerate config.yaml (every key, its default and its meaning) from the schema in pi/service/config.py.
 tests/test_config.py checks that config.yaml and the built-in defaults agree."""
 import sys
 from pathlib import Path
@@ -8,7 +8,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from pi.config import SCHEMA  # noqa: E402
+from pi.service.config import SCHEMA  # noqa: E402
 
 HEADER = """# emotion-edge configuration: every key with its documented default.
 # A file of your own needs only the keys it changes (`emotion-edge run --config my.yaml`);

@@ -3,7 +3,8 @@ import cv2
 import numpy as np
 import pytest
 
-from drivers.camera import OpenCVCamera, SimulatedCamera
+from drivers.camera import OpenCVCamera
+from drivers.sim.camera import SimulatedCamera
 from pi.errors import CameraError
 
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from pi.commands import MAX_COMMAND_BYTES, parse_command
+from pi.messaging.commands import MAX_COMMAND_BYTES, parse_command
 from pi.errors import CommandError
 
 LABELS = ["happy", "sad", "angry"]

@@ -1,7 +1,7 @@
 import pytest
 
-from conftest import run_cli
-from pi import config
+from conftest import ROOT, run_cli
+from pi.service import config
 from pi.errors import ConfigError
 
 
@@ -13,7 +13,7 @@ def test_defaults_are_valid_and_resolved():
 
 
 def test_shipped_config_yaml_is_valid():
-    cfg = config.load(config.PROJECT_ROOT / "config.yaml")
+    cfg = config.load(ROOT / "config.yaml")
     assert cfg == config.load(None)  # config.yaml documents exactly the built-in defaults
 
 

@@ -112,9 +112,9 @@ def test_button_press_triggers_a_detection(broker, recorder, tmp_path):
     """In-process daemon; the button is pressed through gpiozero's mock pin factory."""
     import threading
 
-    from pi import config
-    from pi.daemon import Daemon
-    from pi.device import create
+    from pi.service import config
+    from pi.service.daemon import Daemon
+    from pi.service.device import create
 
     cfg = config.load(None, [f"mqtt.port={broker.port}", "sim.speed=20", f"device.data_dir={tmp_path}",
                              "detect.window_s=2"])

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from conftest import FER_PUBLIC, ROOT, run_cli
-from drivers.camera import SimulatedCamera
-from pi import config
+from drivers.sim.camera import SimulatedCamera
+from pi.service import config
 from pi.errors import CameraError, ModelError
-from pi.face import FaceDetector, FacePipeline
-from pi.fer import ExpressionClassifier, FaceViews, load_interpreter_class, read_metadata, zoom_matrix
+from pi.vision.face import FaceDetector, FacePipeline
+from pi.vision.fer import ExpressionClassifier, FaceViews, load_interpreter_class, read_metadata, zoom_matrix
 
 MODEL = ROOT / "models" / "fer_int8.tflite"
 META = ROOT / "models" / "fer.json"
@@ -150,7 +150,7 @@ def test_crop_pads_at_the_frame_edge():
 
 @needs_data
 def test_detection_uses_the_face(broker, tmp_path):
-    from pi.device import create
+    from pi.service.device import create
 
     cfg = config.load(None, [f"mqtt.port={broker.port}", "sim.speed=20", f"device.data_dir={tmp_path}",
                              "sim.emotion=happy", "camera.frames_per_window=8", "sim.seed=3"])
@@ -169,7 +169,7 @@ def test_detection_uses_the_face(broker, tmp_path):
 
 @needs_data
 def test_camera_vanishing_mid_run_leaves_physiology(broker, tmp_path):
-    from pi.device import create
+    from pi.service.device import create
 
     cfg = config.load(None, [f"mqtt.port={broker.port}", "sim.speed=20", f"device.data_dir={tmp_path}"])
     device = create(cfg, simulate=True)
@@ -214,14 +214,14 @@ def test_fer_eval_cli_reports_metrics(tmp_path):
 
 
 def test_run_time_views_on_a_model_with_views_in_its_graph_are_warned_about(caplog):
-    from pi.device import load_face_pipeline
+    from pi.service.device import load_face_pipeline
 
-    with caplog.at_level("WARNING", logger="pi.device"):
+    with caplog.at_level("WARNING", logger="pi.service.device"):
         pipeline = load_face_pipeline(config.load(None, ["face.flip_average=true"]))
     assert pipeline.views.count == 2
     in_graph = read_metadata(META)["views_in_graph"]["count"]
     assert f"already averages {in_graph} views in its graph" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="pi.device"):
+    with caplog.at_level("WARNING", logger="pi.service.device"):
         assert load_face_pipeline(config.load(None)).views.count == 1
     assert "already averages" not in caplog.text

@@ -3,7 +3,7 @@ import errno
 import pytest
 
 from drivers.grove_adc import GroveBaseHatADC, REGISTERS
-from drivers.sim_bus import SimulatedSMBus
+from drivers.sim.bus import SimulatedSMBus
 from pi.errors import HatNotFoundError, I2CError
 
 

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from pi import config, fusion
-from pi.physio_model import ModelRegistry, build_dataset, fit_user, leave_one_session_out
-from pi.sim_sessions import simulate_session
-from pi.store import LocalStore
+from pi.service import config
+from pi.personal import fusion
+from pi.personal.model import ModelRegistry, build_dataset, fit_user, leave_one_session_out
+from pi.service.simulated_sessions import simulate_session
+from pi.service.store import LocalStore
 
 EMOTIONS = ("happy", "sad", "angry", "neutral")
 
@@ -126,8 +127,8 @@ def test_carer_corrections_over_mqtt_improve_the_personal_model(broker, recorder
     import threading
     import time
 
-    from pi.daemon import Daemon
-    from pi.device import create
+    from pi.service.daemon import Daemon
+    from pi.service.device import create
 
     store = LocalStore(tmp_path / "records.sqlite")
     for r in sessions_for("default", baseline_us=2.0, hr_offset=-8.0, reps=2, seconds=30, with_baseline=False):

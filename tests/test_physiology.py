@@ -3,10 +3,11 @@ import pytest
 
 from drivers.grove_adc import GroveBaseHatADC
 from drivers.gsr import GsrSensor
-from drivers.heart_rate import BeatRateEstimator, GpioBeatInput
-from drivers.physiology_sim import SimulatedPerson
-from drivers.sim_bus import SimulatedSMBus
-from pi.sampler import HeartInput, Sampler
+from drivers.beat_input import GpioBeatInput
+from pi.physiology.beat_rate import BeatRateEstimator
+from drivers.sim.person import SimulatedPerson
+from drivers.sim.bus import SimulatedSMBus
+from pi.physiology.sampler import HeartInput, Sampler
 
 
 def make_chain(clock, person, rate_hz=50.0, source="adc"):

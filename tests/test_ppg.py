@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drivers.heart_rate import BeatRateEstimator
-from drivers.ppg import PpgBeatDetector, detect_beats
+from pi.physiology.beat_rate import BeatRateEstimator
+from pi.physiology.ppg import PpgBeatDetector, detect_beats
 
 hp = pytest.importorskip("heartpy")
 DATA = Path(hp.__file__).parent / "data"

@@ -23,8 +23,8 @@ from typing import Callable
 import paho.mqtt.client as mqtt
 
 from pi.errors import PublishError
-from pi.messages import encode, status_message
-from pi.outbox import Outbox, Pending
+from pi.messaging.messages import encode, status_message
+from pi.messaging.outbox import Outbox, Pending
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class OutboxPublisher(ABC):
         self._sender: threading.Thread | None = None
         self.tls_context = None
         if mqtt_cfg.get("tls"):
-            from pi.tls import client_context
+            from pi.messaging.tls import client_context
 
             self.tls_context = client_context(mqtt_cfg["ca_file"], mqtt_cfg["cert_file"], mqtt_cfg["key_file"],
                                               mqtt_cfg["alpn"])
@@ -82,7 +82,7 @@ class OutboxPublisher(ABC):
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
         self._sender.start()
         if self.tls_context is not None:  # both transports' own errors hide the reason: ask TLS directly
-            from pi.tls import probe
+            from pi.messaging.tls import probe
 
             why = probe(self.cfg["host"], self.cfg["port"], self.tls_context)
             if why:

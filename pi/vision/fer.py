@@ -22,6 +22,9 @@ from pi.errors import DegradedWarning, ModelError
 
 log = logging.getLogger(__name__)
 
+# FER2013's label order (the datasets' `labels`, the shipped models' outputs: models/fer.json `classes`)
+FER_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
 RUNTIMES = (("ai_edge_litert.interpreter", "Interpreter"), ("tflite_runtime.interpreter", "Interpreter"),
             ("tensorflow", "lite.Interpreter"))
 

@@ -1,12 +1,8 @@
-"""Heart rate from beats: the Grove ear-clip sensor emits one digital pulse per heartbeat.
+"""Heart rate from beat times, with artefact rejection (one estimator for every way beats come in).
 
-Two ways in, one estimator:
-- `PulseEdgeDetector` finds rising edges in the pulse line sampled through the hat's ADC (threshold with
-  hysteresis, crossing time interpolated between samples, as the seed system read it on A4);
-- `GpioBeatInput` timestamps rising edges on a GPIO pin with gpiozero.
-`BeatRateEstimator` turns beat times into BPM with artefact rejection: a beat closer to the previous one
-than 60/max_bpm s, or than 70 % of the recent median interval, is a glitch and ignored; an interval longer
-than 60/min_bpm s (or 1.6x the median) is a missed beat and not averaged.
+A beat closer to the previous one than 60/max_bpm s, or than 70 % of the recent median interval, is a
+glitch and ignored; an interval longer than 60/min_bpm s (or 1.6x the median) is a missed beat and not
+averaged.
 """
 from __future__ import annotations
 
@@ -14,37 +10,6 @@ import statistics
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
-
-
-class PulseEdgeDetector:
-    """Rising-edge detector with hysteresis on a sampled voltage."""
-
-    def __init__(self, threshold_mv: float = 1650.0, hysteresis_mv: float = 200.0):
-        self.high = threshold_mv + hysteresis_mv / 2
-        self.low = threshold_mv - hysteresis_mv / 2
-        self.threshold = threshold_mv
-        self._state_high = False
-        self._prev: tuple[float, float] | None = None
-
-    def feed(self, t: float, mv: float) -> float | None:
-        """Add one sample; return the interpolated time of a rising edge, if this sample completes one."""
-        edge = None
-        if not self._state_high and mv >= self.high:
-            self._state_high = True
-            edge = t
-            if self._prev is not None and self._prev[1] < mv:
-                t0, v0 = self._prev
-                frac = (self.threshold - v0) / (mv - v0)
-                edge = t0 + min(max(frac, 0.0), 1.0) * (t - t0)
-        elif self._state_high and mv <= self.low:
-            self._state_high = False
-        self._prev = (t, mv)
-        return edge
-
-    def reset(self) -> None:
-        self._state_high = False
-        self._prev = None
 
 
 @dataclass(frozen=True)
@@ -122,18 +87,3 @@ class BeatRateEstimator:
             self._rejected.clear()
             self._recent.clear()
             self._outcomes.clear()
-
-
-class GpioBeatInput:
-    """Ear clip wired to a GPIO pin: each rising edge is a beat, timestamped on the given clock."""
-
-    def __init__(self, pin: int, on_beat: Callable[[float], None], clock, pin_factory=None):
-        from gpiozero import DigitalInputDevice  # imported here: gpiozero is only needed on a Pi
-
-        self._clock = clock
-        self._on_beat = on_beat
-        self.device = DigitalInputDevice(pin, pull_up=False, pin_factory=pin_factory)
-        self.device.when_activated = lambda: self._on_beat(self._clock.monotonic())
-
-    def close(self) -> None:
-        self.device.close()

@@ -14,12 +14,12 @@ from typing import Sequence
 
 import numpy as np
 
-from pi import fusion
+from pi.personal import fusion
+from pi.vision.fer import FER_CLASSES
 from pi.errors import CommandError
-from pi.physio_model import FEATURES, ModelRegistry, PersonalModel, build_dataset, softmax
+from pi.personal.model import FEATURES, ModelRegistry, PersonalModel, build_dataset, softmax
 
 log = logging.getLogger(__name__)
-FER_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 
 def calibrate_face(face: np.ndarray | None, model: PersonalModel | None, emotions: Sequence[str]):

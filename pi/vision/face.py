@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from pi.errors import ModelError
-from pi.fer import ExpressionClassifier, FaceViews
+from pi.vision.fer import ExpressionClassifier, FaceViews
 
 
 @dataclass(frozen=True)

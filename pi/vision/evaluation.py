@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from pi.errors import ModelError
-from pi.fer import ExpressionClassifier, FaceViews
+from pi.vision.fer import ExpressionClassifier, FaceViews
 from pi.metrics import report
 
 

@@ -4,12 +4,12 @@ publishes. Used to evaluate the personal model and by the tests; runs far faster
 from __future__ import annotations
 
 from drivers.grove_adc import GroveBaseHatADC
-from drivers.heart_rate import BeatRateEstimator
-from drivers.physiology_sim import SimulatedPerson
-from drivers.sim_bus import SimulatedSMBus
-from pi import messages
+from pi.physiology.beat_rate import BeatRateEstimator
+from drivers.sim.person import SimulatedPerson
+from drivers.sim.bus import SimulatedSMBus
+from pi.messaging import messages
 from pi.clock import ManualClock
-from pi.sampler import HeartInput, Sampler
+from pi.physiology.sampler import HeartInput, Sampler
 
 
 def simulate_session(emotion: str, seconds: int, *, seed: int, baseline_us: float, hr_offset: float,

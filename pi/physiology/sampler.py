@@ -14,8 +14,9 @@ from typing import Callable
 
 from drivers.grove_adc import GroveBaseHatADC
 from drivers.gsr import GsrSensor
-from drivers.heart_rate import BeatRateEstimator, PulseEdgeDetector
-from drivers.ppg import PpgBeatDetector
+from pi.physiology.beat_rate import BeatRateEstimator
+from pi.physiology.edges import PulseEdgeDetector
+from pi.physiology.ppg import PpgBeatDetector
 from pi.clock import Clock
 from pi.errors import I2CError
 

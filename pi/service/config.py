@@ -16,10 +16,10 @@ from typing import Any, Callable
 
 import yaml
 
+from pi import resources
 from pi.errors import ConfigError
+from pi.vision.fer import FER_CLASSES
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-FER_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 LABEL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
@@ -49,7 +49,7 @@ def _label_list(value: list) -> str | None:
 
 
 def _view_scales(value: list) -> str | None:
-    from pi.fer import FaceViews  # the one place that knows what a valid zoom is
+    from pi.vision.fer import FaceViews  # the one place that knows what a valid zoom is
 
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
         return f"must be a list of numbers, got {value!r}"
@@ -152,8 +152,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "frames_per_window": Field("int", 5, "frames grabbed during one detection window", min=0, max=100),
     },
     "face": {
-        "model": Field("str", "models/fer_int8.tflite", "TFLite expression model (relative to the project)"),
-        "metadata": Field("str", "models/fer.json", "the model's metadata JSON"),
+        "model": Field("str", None, "TFLite expression model; null is the shipped models/fer_int8.tflite "
+                       "(a relative path is taken from the current directory)", nullable=True),
+        "metadata": Field("str", None, "the model's metadata JSON; null is the shipped models/fer.json",
+                          nullable=True),
         "threads": Field("int", 1, "interpreter threads", min=1, max=4),
         "detect_width": Field("int", 320, "frames are downscaled to this width for Haar detection",
                               min=80, max=4096),
@@ -201,8 +203,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "bpm": Field("float", None, "force the simulated heart rate (else it follows the emotion)",
                      nullable=True, min=30, max=220),
         "finger_off_every_s": Field("float", 0.0, "a finger-off episode this often (0 never)", min=0),
-        "faces": Field("str", "../shared/datasets/fer2013/fer2013_publictest.npz",
-                       "dataset .npz whose faces the simulated camera shows; null shows an empty scene",
+        "faces": Field("str", "sample", "faces the simulated camera shows: `sample` (70 FER2013 PublicTest "
+                       "faces shipped with the package), a dataset .npz in the FER2013 format (for example "
+                       "../shared/datasets/fer2013/fer2013_publictest.npz), or null for an empty scene",
                        nullable=True),
         "button_every_s": Field("float", 0.0, "press the simulated button this often in `run` (0 never)",
                                 min=0),
@@ -303,7 +306,7 @@ def _cross_checks(cfg: dict) -> dict[str, str]:
 
 def _mqtt_checks(m: dict) -> dict[str, str]:
     """TLS files exist (and the key is private); the AWS IoT Core profile's rules hold."""
-    from pi.tls import AWS_ALPN, key_permission_problem
+    from pi.messaging.tls import AWS_ALPN, key_permission_problem
 
     problems = {}
     if m["profile"] == "aws-iot-core":
@@ -384,17 +387,22 @@ def load(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> di
 
 
 def resolve(cfg: dict) -> dict:
-    """Fill derived values: topic templates, the data directory, project-relative model paths."""
+    """Fill derived values: topic templates, the data directory, the shipped files' paths."""
     device_id = cfg["device"]["id"]
     for key in ("command_topic", "status_topic", "error_topic", "feedback_topic"):
         cfg["mqtt"][key] = cfg["mqtt"][key].replace("{device_id}", device_id)
     if cfg["device"]["data_dir"] is None:
         state = os.environ.get("STATE_DIRECTORY")
         cfg["device"]["data_dir"] = state or str(Path.home() / ".local" / "share" / "emotion-edge")
-    for section, key in (("face", "model"), ("face", "metadata"), ("sim", "faces")):
-        value = cfg[section][key]
-        if value is not None and not Path(value).is_absolute():
-            cfg[section][key] = str((PROJECT_ROOT / value).resolve())
+    face = cfg["face"]
+    face["model"] = str(Path(face["model"]).resolve()) if face["model"] else str(resources.shipped(resources.FER_MODEL))
+    face["metadata"] = (str(Path(face["metadata"]).resolve()) if face["metadata"]
+                        else str(resources.shipped(resources.FER_METADATA)))
+    faces = cfg["sim"]["faces"]
+    if faces == "sample":
+        cfg["sim"]["faces"] = str(resources.shipped(resources.FACE_SAMPLE))
+    elif faces is not None:
+        cfg["sim"]["faces"] = str(Path(faces).resolve())
     return cfg
 
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from pi import config as config_mod
+from pi.service import config as config_mod
 from pi.errors import ConfigError, EmotionEdgeError, HardwareError
 
 log = logging.getLogger("emotion-edge")
@@ -24,19 +24,18 @@ RESULTS = sys.stdout
 def emit(text: str) -> None:
     RESULTS.write(text + "\n")
     RESULTS.flush()
-DEFAULT_CONFIG = config_mod.PROJECT_ROOT / "config.yaml"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=None,
-                   help=f"YAML config (default: {DEFAULT_CONFIG} when it exists, else built-in defaults)")
+                   help="YAML config (default: the built-in defaults, which config.yaml documents)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a dotted config key, e.g. --set mqtt.port=1884 (repeatable)")
     p.add_argument("--simulate", action="store_true", help="simulated I2C hat, person, camera and button")
 
 
 def _scales_argument(text: str) -> tuple[float, ...]:
-    from pi.fer import scales_argument
+    from pi.vision.fer import scales_argument
 
     return scales_argument(text)
 
@@ -83,10 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_config(args) -> dict:
-    path = args.config
-    if path is None and DEFAULT_CONFIG.exists():
-        path = DEFAULT_CONFIG
-    return config_mod.load(path, args.overrides)
+    return config_mod.load(args.config, args.overrides)
 
 
 def _finish(device, cfg) -> int:
@@ -107,7 +103,7 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_collect(args) -> int:
-    from pi.device import create
+    from pi.service.device import create
 
     cfg = load_config(args)
     if args.label not in cfg["collect"]["labels"]:
@@ -127,7 +123,7 @@ def cmd_collect(args) -> int:
 
 
 def cmd_detect(args) -> int:
-    from pi.device import create
+    from pi.service.device import create
 
     cfg = load_config(args)
     if args.window is not None and not 1 <= args.window <= 300:
@@ -145,8 +141,8 @@ def cmd_detect(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from pi.daemon import Daemon
-    from pi.device import create
+    from pi.service.daemon import Daemon
+    from pi.service.device import create
 
     cfg = load_config(args)
     daemon = Daemon(create(cfg, args.simulate))
@@ -156,10 +152,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_fer_eval(args) -> int:
-    from pi.fer import FaceViews
-    from pi.fer_eval import evaluate, format_report
+    from pi.vision.fer import FaceViews
+    from pi.vision.evaluation import evaluate, format_report
 
-    cfg = config_mod.load(DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    cfg = config_mod.load(None)
     report = evaluate(args.data, args.model or Path(cfg["face"]["model"]),
                       args.metadata or Path(cfg["face"]["metadata"]), limit=args.limit,
                       views=FaceViews(args.scales, args.flip))
@@ -168,8 +164,8 @@ def cmd_fer_eval(args) -> int:
 
 
 def _personal(args):
-    from pi.device import open_store
-    from pi.physio_model import ModelRegistry
+    from pi.service.device import open_store
+    from pi.personal.model import ModelRegistry
 
     if args.user:
         args.overrides.append(f"device.user={args.user}")
@@ -178,7 +174,7 @@ def _personal(args):
 
 
 def cmd_fit(args) -> int:
-    from pi.physio_model import fit_user
+    from pi.personal.model import fit_user
 
     cfg, store, registry = _personal(args)
     report, _ = fit_user(store.records(cfg["device"]["user"]), registry)
@@ -199,7 +195,7 @@ def cmd_fit(args) -> int:
 
 
 def cmd_feedback(args) -> int:
-    from pi.personalise import apply_feedback
+    from pi.personal.feedback import apply_feedback
 
     cfg, store, registry = _personal(args)
     emit(json.dumps(apply_feedback(cfg, store, registry, args.request_id, args.label, time.time())))
@@ -240,7 +236,7 @@ def _main(argv: list[str] | None) -> int:
     except ConfigError as exc:
         print(f"emotion-edge: {exc}", file=sys.stderr)
         return 2
-    from pi import logs
+    from pi.service import logs
 
     logs.setup(level, fmt)
     try:

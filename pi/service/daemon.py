@@ -8,11 +8,12 @@ import signal
 import threading
 import time
 
-from pi import messages
-from pi.commands import Command, Feedback, parse_command, parse_feedback
-from pi.device import Device
+from pi.messaging import messages
+from pi.messaging.commands import Command, Feedback, parse_command, parse_feedback
+from pi.service.device import Device
 from pi.errors import CommandError, EmotionEdgeError, HardwareError
-from pi.systemd import notify, watchdog_interval_s
+from pi.service.systemd import notify, watchdog_interval_s
+from drivers.sim.button import SimulatedButton
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,9 @@ class Daemon:
         from drivers.button import DetectButton
 
         b = self.cfg["button"]
+        button_class = SimulatedButton if self.device.hw.simulated else DetectButton
         try:
-            self.button = DetectButton(b["pin"], self.on_button, self.device.hw.pin_factory, b["bounce_s"])
+            self.button = button_class(b["pin"], self.on_button, self.device.hw.pin_factory, b["bounce_s"])
         except Exception as exc:  # gpiozero raises its own tree (pin in use, no pin factory, ...)
             raise HardwareError(f"cannot use GPIO{b['pin']} for the button: {type(exc).__name__}: {exc}") from None
 
@@ -113,7 +115,7 @@ class Daemon:
                 now = clock.monotonic()
                 if max_seconds is not None and now - started >= max_seconds:
                     break
-                if next_press is not None and now >= next_press and self.button is not None:
+                if next_press is not None and now >= next_press and isinstance(self.button, SimulatedButton):
                     self.button.press()
                     next_press += press_every
                 try:

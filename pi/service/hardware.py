@@ -10,15 +10,16 @@ import os
 import warnings
 from dataclasses import dataclass
 
-from drivers.camera import OpenCVCamera, Picamera2Camera, SimulatedCamera
+from drivers.camera import OpenCVCamera, Picamera2Camera
+from drivers.sim.camera import SimulatedCamera
 from drivers.grove_adc import GroveBaseHatADC, open_bus
 from drivers.gsr import GsrSensor
-from drivers.heart_rate import BeatRateEstimator
-from drivers.physiology_sim import SimulatedPerson
-from drivers.sim_bus import SimulatedSMBus
+from pi.physiology.beat_rate import BeatRateEstimator
+from drivers.sim.person import SimulatedPerson
+from drivers.sim.bus import SimulatedSMBus
 from pi.clock import Clock, SimClock
 from pi.errors import CameraError, DegradedWarning
-from pi.sampler import HeartInput, Sampler
+from pi.physiology.sampler import HeartInput, Sampler
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ class Hardware:
     pin_factory: object | None
     person: SimulatedPerson | None = None
     gpio_beats: object | None = None
+
+    @property
+    def simulated(self) -> bool:
+        return self.person is not None
 
     def close(self) -> None:
         self.sampler.stop()
@@ -71,7 +76,7 @@ def build(cfg: dict, simulate: bool, bus=None, pin_factory=None, camera=None) ->
                        hc["hysteresis_mv"])
     gpio_beats = None
     if hc["source"] == "gpio":
-        from drivers.heart_rate import GpioBeatInput
+        from drivers.beat_input import GpioBeatInput
 
         gpio_beats = GpioBeatInput(hc["gpio_pin"], estimator.add_beat, clock, pin_factory)
     sampler = Sampler(adc, gsr, heart, clock, cfg["sampling"]["rate_hz"], cfg["gsr"]["channel"], hc["channel"])

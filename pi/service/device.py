@@ -18,14 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pi import fusion, messages, physio_model
+from pi.personal import fusion
+from pi.messaging import messages
+from pi.personal import model as physio_model
 from pi.errors import CameraError, CommandError, DegradedWarning, EmotionEdgeError, ModelError
-from pi.hardware import Hardware
-from pi.outbox import Outbox
-from pi.personalise import apply_feedback, fused_distribution
-from pi.publisher import OutboxPublisher, make_publisher
-from pi.sampler import SecondRecord
-from pi.store import LocalStore
+from pi.service.hardware import Hardware
+from pi.messaging.outbox import Outbox
+from pi.personal.feedback import apply_feedback, fused_distribution
+from pi.messaging.publisher import OutboxPublisher, make_publisher
+from pi.physiology.sampler import SecondRecord
+from pi.service.store import LocalStore
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,8 @@ def new_id() -> str:
 
 def load_face_pipeline(cfg: dict):
     """The face pipeline, or None with a DegradedWarning when the model is missing or unloadable."""
-    from pi.face import FaceDetector, FacePipeline
-    from pi.fer import ExpressionClassifier, FaceViews, read_metadata
+    from pi.vision.face import FaceDetector, FacePipeline
+    from pi.vision.fer import ExpressionClassifier, FaceViews, read_metadata
 
     face = cfg["face"]
     views = FaceViews(tuple(face["view_scales"]), face["flip_average"])
@@ -291,8 +293,8 @@ def open_store(cfg: dict) -> LocalStore:
 
 def create(cfg: dict, simulate: bool, **hardware_overrides) -> Device:
     """Wire a Device from a validated config: hardware (real or simulated), MQTT, store, face model."""
-    from pi.hardware import build
-    from pi.lock import DataDirLock
+    from pi.service.hardware import build
+    from pi.service.lock import DataDirLock
 
     lock = DataDirLock(cfg["device"]["data_dir"]).acquire()
     try:

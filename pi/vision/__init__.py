@@ -1,0 +1,1 @@
+"""The face half: detection and cropping, the FER TFLite runtime, and its evaluation."""

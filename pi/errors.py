@@ -5,8 +5,15 @@ subsystem to an exit code. Degraded-but-working conditions are warnings (`Degrad
 """
 from __future__ import annotations
 
-from drivers.errors import (CameraError, EmotionEdgeError, HardwareError, HatNotFoundError, I2CError,
-                            ImplausibleReadingError, PinFactoryError)
+from drivers.errors import (
+    CameraError,
+    EmotionEdgeError,
+    HardwareError,
+    HatNotFoundError,
+    I2CError,
+    ImplausibleReadingError,
+    PinFactoryError,
+)
 
 __all__ = ["EmotionEdgeError", "ConfigError", "HardwareError", "I2CError", "HatNotFoundError",
            "ImplausibleReadingError", "CameraError", "PinFactoryError", "ModelError", "CommandError",

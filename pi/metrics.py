@@ -1,7 +1,7 @@
 """Classification metrics without scikit-learn (it is not on the Pi): confusion, accuracy, macro-F1."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

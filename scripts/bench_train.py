@@ -81,7 +81,6 @@ def measure_feeds(args) -> dict:
     """Train images/s in this process, arrays against a generator; and the share of CPU time spent in the
     kernel (page faults from a malloc that hands large tensors back to the system show up there)."""
     import keras
-
     from fer_model import CLASSES, build_hybrid
     from train_fer import epoch_batches
 

@@ -142,7 +142,8 @@ def load_member(run: Path, index: int, calibration: np.ndarray, val_images: np.n
         check = val_images[:1000][..., None].astype("float32")
         before, after = original.predict(check, verbose=0), model.predict(check, verbose=0)
         print(f"{run}: folded dead MLP branches of ViT blocks {folded_blocks}: max probability change "
-              f"{np.abs(before - after).max():.2e}, argmax agreement {np.mean(before.argmax(1) == after.argmax(1)):.4f}")
+              f"{np.abs(before - after).max():.2e}, "
+              f"argmax agreement {np.mean(before.argmax(1) == after.argmax(1)):.4f}")
     model.name = f"member{index}"  # nested networks need distinct names in the ensemble graph
     with open(run / "history.csv") as fh:
         history = list(csv.DictReader(fh))
@@ -173,9 +174,10 @@ def main(argv=None) -> int:
 
     sys.path.insert(0, str(ROOT / "scripts"))
     import fer_model  # noqa: F401  (registers the custom layers for loading)
-    from pi.vision.fer import ExpressionClassifier
-    from pi.vision.evaluation import load_dataset
+
     from pi.metrics import report
+    from pi.vision.evaluation import load_dataset
+    from pi.vision.fer import ExpressionClassifier
 
     args.out.mkdir(parents=True, exist_ok=True)
     train = np.load(args.train)["images"]

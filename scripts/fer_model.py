@@ -12,6 +12,7 @@ Why this shape (measured side by side by scripts/compare_fer_arch.py: models/fer
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -113,7 +114,7 @@ def _transformer_block(x, heads: int, mlp_dim: int, dropout: float, name: str, m
     return layers.Add(name=f"{name}_add2")([x, h])
 
 
-def mlp_unit_stats(model: keras.Model, images) -> dict[int, tuple["np.ndarray", "np.ndarray"]]:
+def mlp_unit_stats(model: keras.Model, images) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Per ViT block, (peak, mean) activation of each hidden MLP unit over `images` (raw 0..255, NxHxW).
 
     A unit whose peak is ~0 never fires (a dead ReLU): training uses this to revive such units, export to

@@ -266,7 +266,8 @@ def main(argv=None) -> int:
 
     steps = len(y_train) // args.batch
     schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=1e-6, decay_steps=max(1, steps * (args.epochs - args.warmup_epochs)), alpha=1e-5 / args.lr,
+        initial_learning_rate=1e-6, decay_steps=max(1, steps * (args.epochs - args.warmup_epochs)),
+        alpha=1e-5 / args.lr,
         warmup_target=args.lr, warmup_steps=steps * args.warmup_epochs)
     model = build_hybrid(width=args.width)
     checkpoint = args.out / "last.keras"

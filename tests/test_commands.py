@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from pi.messaging.commands import MAX_COMMAND_BYTES, parse_command
 from pi.errors import CommandError
+from pi.messaging.commands import MAX_COMMAND_BYTES, parse_command
 
 LABELS = ["happy", "sad", "angry"]
 

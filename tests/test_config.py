@@ -1,8 +1,8 @@
 import pytest
-
 from conftest import ROOT, run_cli
-from pi.service import config
+
 from pi.errors import ConfigError
+from pi.service import config
 
 
 def test_defaults_are_valid_and_resolved():

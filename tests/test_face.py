@@ -3,11 +3,11 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import FER_PUBLIC, ROOT, run_cli
+
 from drivers.sim.camera import SimulatedCamera
-from pi.service import config
 from pi.errors import CameraError, ModelError
+from pi.service import config
 from pi.vision.face import FaceDetector, FacePipeline
 from pi.vision.fer import ExpressionClassifier, FaceViews, load_interpreter_class, read_metadata, zoom_matrix
 

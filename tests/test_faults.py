@@ -7,8 +7,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT, free_port
+
 from pi.messaging.outbox import Outbox
 
 TRAIN = "iotsensors/train"
@@ -125,9 +125,9 @@ def test_daemon_resubscribes_after_the_broker_restarts(broker, recorder, tmp_pat
 
 def test_oversized_message_is_rejected_before_it_is_stored(tmp_path):
     from pi.clock import Clock
-    from pi.service.config import load
     from pi.errors import PublishError
     from pi.messaging.publisher import make_publisher
+    from pi.service.config import load
 
     cfg = load(None, [f"device.data_dir={tmp_path}"])
     box = Outbox(tmp_path / "o.sqlite")

@@ -2,7 +2,7 @@ import errno
 
 import pytest
 
-from drivers.grove_adc import GroveBaseHatADC, REGISTERS
+from drivers.grove_adc import REGISTERS, GroveBaseHatADC
 from drivers.sim.bus import SimulatedSMBus
 from pi.errors import HatNotFoundError, I2CError
 

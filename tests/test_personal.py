@@ -3,15 +3,17 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
-from pi.service import config
+
 from pi.personal import fusion
 from pi.personal.model import ModelRegistry, build_dataset, fit_user, leave_one_session_out
+from pi.service import config
 from pi.service.simulated_sessions import simulate_session
 from pi.service.store import LocalStore
 
 EMOTIONS = ("happy", "sad", "angry", "neutral")
+
+RESULTS = "iotsensors/infer/result"
 
 
 def sessions_for(user, baseline_us, hr_offset, reps=3, seconds=40, with_baseline=True, seed0=0):
@@ -154,8 +156,7 @@ def test_carer_corrections_over_mqtt_improve_the_personal_model(broker, recorder
         request_id = f"r{i}"
         truth[request_id] = emotion
         rec.publish(command, json.dumps({"command": "detect", "request_id": request_id}).encode())
-        assert rec.wait_for(lambda: any(r["request_id"] == request_id for r in rec.on("iotsensors/infer/result")),
-                            30)
+        assert rec.wait_for(lambda rid=request_id: any(r["request_id"] == rid for r in rec.on(RESULTS)), 30)
         rec.publish(feedback, json.dumps({"request_id": request_id, "label": emotion}).encode())
     rec.publish(feedback, b'{"request_id": "r0", "label": "ecstatic"}')
     assert rec.wait_for(lambda: rec.on("iotsensors/emotion-pi-01/error"))

@@ -1,12 +1,11 @@
 """The signal chain on simulated people: simulator -> simulated hat registers -> ADC driver -> sampler."""
 import pytest
 
-from drivers.grove_adc import GroveBaseHatADC
-from drivers.gsr import GsrSensor
 from drivers.beat_input import GpioBeatInput
-from pi.physiology.beat_rate import BeatRateEstimator
-from drivers.sim.person import SimulatedPerson
+from drivers.grove_adc import GroveBaseHatADC
 from drivers.sim.bus import SimulatedSMBus
+from drivers.sim.person import SimulatedPerson
+from pi.physiology.beat_rate import BeatRateEstimator
 from pi.physiology.sampler import HeartInput, Sampler
 
 

@@ -7,7 +7,6 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import ROOT, Broker, free_port, run_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make certificates")

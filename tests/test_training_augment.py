@@ -4,7 +4,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import FER_PUBLIC, ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))

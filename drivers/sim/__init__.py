@@ -1,1 +1,3 @@
-"""Simulated hardware that speaks the real devices' protocols: the I2C bus with its hat, a wearer's body, a camera, a button."""
+"""Simulated hardware that speaks the real devices' protocols: the I2C bus with its hat, a wearer's body, a
+camera, a button.
+"""

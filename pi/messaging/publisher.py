@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from abc import ABC, abstractmethod
 import time
+from abc import ABC, abstractmethod
 from typing import Callable
 
 import paho.mqtt.client as mqtt

@@ -10,14 +10,14 @@ installed version stays on disk and can be rolled back to.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from pi.personal import fusion
-from pi.vision.fer import FER_CLASSES
 from pi.errors import CommandError
+from pi.personal import fusion
 from pi.personal.model import FEATURES, ModelRegistry, PersonalModel, build_dataset, softmax
+from pi.vision.fer import FER_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ def fused_distribution(face: np.ndarray | None, features: np.ndarray | None, mod
     return fusion.pool(sources, weights), sources
 
 
-def feedback_examples(feedback: list, emotions: Sequence[str]) -> list[tuple[np.ndarray | None, np.ndarray | None, str]]:
+def feedback_examples(feedback: list, emotions: Sequence[str]
+                      ) -> list[tuple[np.ndarray | None, np.ndarray | None, str]]:
     """(window features, face distribution over emotions, true label) per correction."""
     out = []
     for _, label, window, result in feedback:

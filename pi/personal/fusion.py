@@ -7,7 +7,7 @@ answers `uncertain` instead of guessing. With no source, the answer is `unknown`
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from collections import Counter, defaultdict
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -101,7 +101,7 @@ def build_dataset(records: list[dict], extra: list[tuple[np.ndarray, str]] = ())
         # Drift: bodies change (season, medication, a new electrode position). Corrections show where each
         # state lies now; shift the recorded sessions (and the baseline) by the mean displacement of the
         # corrections from their class's recorded centre, so old and new evidence agree.
-        y_all = [classes.index(l) for l in labels]
+        y_all = [classes.index(label) for label in labels]
         centres = {c: x[:n_session_rows][np.array(y_all[:n_session_rows]) == c].mean(axis=0)
                    for c in set(y_all[:n_session_rows])}
         shifts = [x[i] - centres[y_all[i]] for i in range(n_session_rows, len(x)) if y_all[i] in centres]
@@ -113,7 +113,7 @@ def build_dataset(records: list[dict], extra: list[tuple[np.ndarray, str]] = ())
     sd = source_rows.std(axis=0) if len(source_rows) else np.ones(len(FEATURES))
     # floor the spread: a perfectly still baseline must not blow small differences up to huge z-scores
     sd = np.maximum(sd, np.maximum(0.05 * np.abs(mu), 1e-3))
-    return Dataset(x, np.array([classes.index(l) for l in labels], dtype=int), np.array(sessions), classes,
+    return Dataset(x, np.array([classes.index(label) for label in labels], dtype=int), np.array(sessions), classes,
                    mu, sd, source, np.array(weight))
 
 
@@ -180,7 +180,7 @@ class PersonalModel:
         self.b = np.array(data["bias"])
 
     @classmethod
-    def train(cls, ds: Dataset, user: str, version: int, evaluation: dict) -> "PersonalModel":
+    def train(cls, ds: Dataset, user: str, version: int, evaluation: dict) -> PersonalModel:
         z = (ds.x - ds.baseline_mu) / ds.baseline_sd
         w, b = fit_logistic(z, ds.y, len(ds.classes), ds.weight)
         return cls({

@@ -14,11 +14,11 @@ from typing import Callable
 
 from drivers.grove_adc import GroveBaseHatADC
 from drivers.gsr import GsrSensor
+from pi.clock import Clock
+from pi.errors import I2CError
 from pi.physiology.beat_rate import BeatRateEstimator
 from pi.physiology.edges import PulseEdgeDetector
 from pi.physiology.ppg import PpgBeatDetector
-from pi.clock import Clock
-from pi.errors import I2CError
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from pi.service import config as config_mod
 from pi.errors import ConfigError, EmotionEdgeError, HardwareError
+from pi.service import config as config_mod
 
 log = logging.getLogger("emotion-edge")
 # Results go to the real stdout; everything else that prints (third-party libraries included: the AWS IoT
@@ -152,8 +152,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_fer_eval(args) -> int:
-    from pi.vision.fer import FaceViews
     from pi.vision.evaluation import evaluate, format_report
+    from pi.vision.fer import FaceViews
 
     cfg = config_mod.load(None)
     report = evaluate(args.data, args.model or Path(cfg["face"]["model"]),
@@ -164,8 +164,8 @@ def cmd_fer_eval(args) -> int:
 
 
 def _personal(args):
-    from pi.service.device import open_store
     from pi.personal.model import ModelRegistry
+    from pi.service.device import open_store
 
     if args.user:
         args.overrides.append(f"device.user={args.user}")

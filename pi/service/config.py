@@ -291,7 +291,8 @@ def _cross_checks(cfg: dict) -> dict[str, str]:
         problems["heart.min_bpm"] = "must be below heart.max_bpm"
     if cfg["heart"]["source"] != "gpio" and cfg["heart"]["channel"] == cfg["gsr"]["channel"]:
         problems["heart.channel"] = "must differ from gsr.channel"
-    if cfg["heart"]["source"] == "gpio" and cfg["button"]["enabled"] and cfg["heart"]["gpio_pin"] == cfg["button"]["pin"]:
+    heart, button = cfg["heart"], cfg["button"]
+    if heart["source"] == "gpio" and button["enabled"] and heart["gpio_pin"] == button["pin"]:
         problems["heart.gpio_pin"] = "must differ from button.pin"
     topics = {k: cfg["mqtt"][k] for k in ("train_topic", "infer_topic", "result_topic", "command_topic",
                                           "status_topic", "error_topic", "feedback_topic")}

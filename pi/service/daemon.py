@@ -8,12 +8,12 @@ import signal
 import threading
 import time
 
+from drivers.sim.button import SimulatedButton
+from pi.errors import CommandError, EmotionEdgeError, HardwareError
 from pi.messaging import messages
 from pi.messaging.commands import Command, Feedback, parse_command, parse_feedback
 from pi.service.device import Device
-from pi.errors import CommandError, EmotionEdgeError, HardwareError
 from pi.service.systemd import notify, watchdog_interval_s
-from drivers.sim.button import SimulatedButton
 
 log = logging.getLogger(__name__)
 

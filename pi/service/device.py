@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pi.personal import fusion
-from pi.messaging import messages
-from pi.personal import model as physio_model
 from pi.errors import CameraError, CommandError, DegradedWarning, EmotionEdgeError, ModelError
-from pi.service.hardware import Hardware
+from pi.messaging import messages
 from pi.messaging.outbox import Outbox
-from pi.personal.feedback import apply_feedback, fused_distribution
 from pi.messaging.publisher import OutboxPublisher, make_publisher
+from pi.personal import fusion
+from pi.personal import model as physio_model
+from pi.personal.feedback import apply_feedback, fused_distribution
 from pi.physiology.sampler import SecondRecord
+from pi.service.hardware import Hardware
 from pi.service.store import LocalStore
 
 log = logging.getLogger(__name__)

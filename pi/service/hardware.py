@@ -11,14 +11,14 @@ import warnings
 from dataclasses import dataclass
 
 from drivers.camera import OpenCVCamera, Picamera2Camera
-from drivers.sim.camera import SimulatedCamera
 from drivers.grove_adc import GroveBaseHatADC, open_bus
 from drivers.gsr import GsrSensor
-from pi.physiology.beat_rate import BeatRateEstimator
-from drivers.sim.person import SimulatedPerson
 from drivers.sim.bus import SimulatedSMBus
+from drivers.sim.camera import SimulatedCamera
+from drivers.sim.person import SimulatedPerson
 from pi.clock import Clock, SimClock
 from pi.errors import CameraError, DegradedWarning
+from pi.physiology.beat_rate import BeatRateEstimator
 from pi.physiology.sampler import HeartInput, Sampler
 
 log = logging.getLogger(__name__)

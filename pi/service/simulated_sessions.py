@@ -4,11 +4,11 @@ publishes. Used to evaluate the personal model and by the tests; runs far faster
 from __future__ import annotations
 
 from drivers.grove_adc import GroveBaseHatADC
-from pi.physiology.beat_rate import BeatRateEstimator
-from drivers.sim.person import SimulatedPerson
 from drivers.sim.bus import SimulatedSMBus
-from pi.messaging import messages
+from drivers.sim.person import SimulatedPerson
 from pi.clock import ManualClock
+from pi.messaging import messages
+from pi.physiology.beat_rate import BeatRateEstimator
 from pi.physiology.sampler import HeartInput, Sampler
 
 

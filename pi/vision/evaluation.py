@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from pi.errors import ModelError
-from pi.vision.fer import ExpressionClassifier, FaceViews
 from pi.metrics import report
+from pi.vision.fer import ExpressionClassifier, FaceViews
 
 
 def load_dataset(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -92,3 +92,50 @@ def test_cli_exits_2_naming_the_key(tmp_path):
     assert result.returncode == 2 and "mqtt.qos" in result.stderr
     result = run_cli("check-config", "--config", str(tmp_path / "missing.yaml"))
     assert result.returncode == 2 and "cannot read config file" in result.stderr
+
+
+SECRET = "s3cret-Hunter2"
+
+
+@pytest.mark.e2e
+def test_check_config_never_prints_the_password():
+    result = run_cli("check-config", "--set", f"mqtt.password={SECRET}", "--set", "mqtt.username=carer")
+    assert result.returncode == 0, result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    assert f"password: '{config.MASK}'" in result.stdout and "username: carer" in result.stdout
+
+
+def test_config_errors_never_show_the_password(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("mqtt:\n  password: 918273645\n")  # a number where a string belongs
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert "918273645" not in str(info.value) and "hidden" in info.value.problems["mqtt.password"]
+    with pytest.raises(ConfigError) as info:
+        config.load(None, [f"mqtt.password=[{SECRET}"])  # not valid YAML: the parser's message quotes it
+    assert SECRET not in str(info.value)
+
+
+def test_password_from_a_private_file(tmp_path):
+    secret_file = tmp_path / "mqtt-password"
+    secret_file.write_text(SECRET + "\n")
+    secret_file.chmod(0o644)
+    with pytest.raises(ConfigError) as info:
+        config.load(None, [f"mqtt.password_file={secret_file}"])
+    assert "chmod 600" in info.value.problems["mqtt.password_file"]
+    secret_file.chmod(0o600)
+    cfg = config.load(None, [f"mqtt.password_file={secret_file}"])
+    assert cfg["mqtt"]["password"] == SECRET
+    assert SECRET not in config.dump(cfg)
+    with pytest.raises(ConfigError) as info:
+        config.load(None, [f"mqtt.password_file={secret_file}", "mqtt.password=other"])
+    assert "not both" in info.value.problems["mqtt.password_file"]
+
+
+@pytest.mark.e2e
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("device:\n  user: 'Zoë'\n".encode("latin-1"))
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 2
+    assert "not UTF-8" in result.stderr and "line 2" in result.stderr and "Traceback" not in result.stderr

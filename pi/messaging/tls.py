@@ -16,11 +16,11 @@ from pi.errors import ConfigError
 AWS_ALPN = "x-amzn-mqtt-ca"
 
 
-def key_permission_problem(path: str | os.PathLike) -> str | None:
-    """A message if the private key can be read by anyone but its owner (None when it is private)."""
+def key_permission_problem(path: str | os.PathLike, what: str = "private key") -> str | None:
+    """A message if the file can be read by anyone but its owner (None when it is private)."""
     mode = stat.S_IMODE(Path(path).stat().st_mode)
     if mode & 0o077:
-        return (f"private key is readable by other users (mode {mode:04o}); fix with: chmod 600 {path} "
+        return (f"{what} is readable by other users (mode {mode:04o}); fix with: chmod 600 {path} "
                 "(and chown it to the service user)")
     return None
 

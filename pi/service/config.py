@@ -35,6 +35,15 @@ class Field:
     max: float | None = None
     nullable: bool = False
     check: Callable[[Any], str | None] | None = field(default=None, compare=False)
+    secret: bool = False  # never shown: masked in check-config's output and in every error message
+
+
+MASK = "********"
+
+
+def _shown(spec: Field, value: Any) -> str:
+    """How a value may appear in a message: secrets never do."""
+    return f"<{type(value).__name__} hidden>" if spec.secret else repr(value)
 
 
 def _label_list(value: list) -> str | None:
@@ -87,7 +96,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "keepalive": Field("int", 60, "MQTT keep-alive in seconds", min=5, max=1200),
         "qos": Field("int", 1, "QoS of every publish (AWS IoT Core allows 0 and 1)", choices=(0, 1)),
         "username": Field("str", None, "optional user name", nullable=True),
-        "password": Field("str", None, "optional password", nullable=True),
+        "password": Field("str", None, "optional password (prefer password_file: a config file is easier to leak)",
+                          nullable=True, secret=True),
+        "password_file": Field("str", None, "file holding the password (first line; mode 600, owned by the "
+                               "service user)", nullable=True),
         "train_topic": Field("str", "iotsensors/train", "labelled per-second records", check=_topic),
         "infer_topic": Field("str", "iotsensors/infer", "detection windows", check=_topic),
         "result_topic": Field("str", "iotsensors/infer/result", "detection results", check=_topic),
@@ -232,13 +244,13 @@ def _check_value(path: str, spec: Field, value: Any) -> tuple[Any, str | None]:
     if isinstance(value, bool) and spec.kind in ("int", "float"):
         return value, f"expected {spec.kind}, got a boolean"
     if not isinstance(value, _KINDS[spec.kind]):
-        return value, f"expected {spec.kind}, got {type(value).__name__} {value!r}"
+        return value, f"expected {spec.kind}, got {type(value).__name__} {_shown(spec, value)}"
     if spec.kind == "float":
         value = float(value)
         if not math.isfinite(value):
             return value, f"must be a finite number, got {value!r}"
     if spec.choices and value not in spec.choices:
-        return value, f"must be one of {', '.join(map(str, spec.choices))}; got {value!r}"
+        return value, f"must be one of {', '.join(map(str, spec.choices))}; got {_shown(spec, value)}"
     if spec.min is not None and value < spec.min:
         return value, f"must be >= {spec.min}; got {value!r}"
     if spec.max is not None and value > spec.max:
@@ -302,7 +314,37 @@ def _cross_checks(cfg: dict) -> dict[str, str]:
             problems[f"mqtt.{key}"] = f"must differ from mqtt.{seen[topic]} (both {topic!r})"
         seen.setdefault(topic, key)
     problems.update(_mqtt_checks(cfg["mqtt"]))
+    problems.update(_password_file_checks(cfg["mqtt"]))
     return problems
+
+
+def _password_file_checks(m: dict) -> dict[str, str]:
+    """The password file exists, is private, and is not combined with an inline password."""
+    from pi.messaging.tls import key_permission_problem
+
+    path = m["password_file"]
+    if path is None:
+        return {}
+    if m["password"] is not None:
+        return {"mqtt.password_file": "set mqtt.password or mqtt.password_file, not both"}
+    if not os.path.isfile(path):
+        return {"mqtt.password_file": f"file not found: {path}"}
+    if not os.access(path, os.R_OK):
+        return {"mqtt.password_file": f"not readable by this user: {path}"}
+    problem = key_permission_problem(path, "password file")
+    return {"mqtt.password_file": problem} if problem else {}
+
+
+def read_password_file(path: str) -> str:
+    """The first line of a password file, without its line ending."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            password = f.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError({"mqtt.password_file": f"cannot read {path}: {exc}"}) from None
+    if not password:
+        raise ConfigError({"mqtt.password_file": f"{path} is empty"})
+    return password
 
 
 def _mqtt_checks(m: dict) -> dict[str, str]:
@@ -355,7 +397,9 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError({key: f"value is not valid YAML: {exc}"}) from None
+        spec = SCHEMA.get(parts[0], {}).get(parts[1])
+        why = "(the value is a secret and not shown)" if spec is not None and spec.secret else str(exc)
+        raise ConfigError({key: f"value is not valid YAML: {why}"}) from None
     return parts[0], parts[1], parsed
 
 
@@ -365,9 +409,13 @@ def load(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> di
     if path is not None:
         p = Path(path)
         try:
-            text = p.read_text()
+            text = p.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError({str(path): f"cannot read config file: {exc.strerror}"}) from None
+        except UnicodeDecodeError as exc:
+            line = p.read_bytes()[:exc.start].count(b"\n") + 1
+            raise ConfigError({str(path): f"not UTF-8 text: byte {exc.object[exc.start]:#04x} at line {line} "
+                               f"(offset {exc.start}); save the file as UTF-8"}) from None
         try:
             raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
@@ -395,6 +443,8 @@ def resolve(cfg: dict) -> dict:
     if cfg["device"]["data_dir"] is None:
         state = os.environ.get("STATE_DIRECTORY")
         cfg["device"]["data_dir"] = state or str(Path.home() / ".local" / "share" / "emotion-edge")
+    if cfg["mqtt"]["password_file"] is not None:
+        cfg["mqtt"]["password"] = read_password_file(cfg["mqtt"]["password_file"])
     face = cfg["face"]
     face["model"] = str(Path(face["model"]).resolve()) if face["model"] else str(resources.shipped(resources.FER_MODEL))
     face["metadata"] = (str(Path(face["metadata"]).resolve()) if face["metadata"]
@@ -407,6 +457,16 @@ def resolve(cfg: dict) -> dict:
     return cfg
 
 
+def masked(cfg: dict) -> dict:
+    """A copy with every secret that is set replaced by a mask: what may be printed or logged."""
+    out = copy.deepcopy(cfg)
+    for section, keys in SCHEMA.items():
+        for key, spec in keys.items():
+            if spec.secret and out.get(section, {}).get(key) is not None:
+                out[section][key] = MASK
+    return out
+
+
 def dump(cfg: dict) -> str:
-    """The effective configuration as YAML (what check-config prints)."""
-    return yaml.safe_dump(cfg, sort_keys=False)
+    """The effective configuration as YAML (what check-config prints), secrets masked."""
+    return yaml.safe_dump(masked(cfg), sort_keys=False)

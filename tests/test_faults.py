@@ -1,5 +1,6 @@
 """Faults done for real: a broker that goes away mid-session, a daemon killed with SIGKILL, a full outbox."""
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -12,6 +13,7 @@ from conftest import ROOT, free_port
 from pi.messaging.outbox import Outbox
 
 TRAIN = "iotsensors/train"
+ERRORS = "iotsensors/emotion-pi-01/error"
 
 
 def start_cli(*args):
@@ -58,16 +60,23 @@ def test_sigkill_mid_session_then_restart_delivers_what_was_accepted(broker, rec
     accepted = [json.loads(row[0]) for row in
                 sqlite3.connect(outbox_path).execute("SELECT payload FROM outbox ORDER BY id").fetchall()]
     assert len(accepted) >= 15
-    rec = recorder([TRAIN])
+    rec = recorder([TRAIN, ERRORS])
     daemon = start_cli("run", "--simulate", "--set", f"mqtt.port={broker.port}", "--set",
                        f"device.data_dir={tmp_path}", "--set", "button.enabled=false")
     try:
         assert rec.wait_for(lambda: len(rec.on(TRAIN)) >= len(accepted), 20)
+        # the requester is told that the session was cut short, not resumed
+        assert rec.wait_for(lambda: any(e["source"] == "collect" for e in rec.on(ERRORS)), 10), rec.on(ERRORS)
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(5)
     assert [r["msg_id"] for r in rec.on(TRAIN)][:len(accepted)] == [m["msg_id"] for m in accepted]
     assert [m["seq"] for m in accepted] == list(range(len(accepted)))
+    (cut_short,) = [e for e in rec.on(ERRORS) if e["source"] == "collect"]
+    session_id = accepted[0]["session_id"]
+    assert cut_short["payload_excerpt"] == session_id and "cut short by a restart" in cut_short["error"]
+    stored = re.search(r"after (\d+) of 300 records", cut_short["error"])
+    assert stored and int(stored.group(1)) >= len(accepted)  # the store holds every accepted record
 
 
 def test_full_outbox_drops_oldest_training_records_first_and_counts(tmp_path, caplog):

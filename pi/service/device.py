@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 import uuid
@@ -87,6 +88,7 @@ class Device:
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self, broker_wait_s: float = 5.0) -> None:
         self.publisher.start(broker_wait_s)
+        self.report_unfinished_sessions()
         self.hw.sampler.start()
 
     def stop(self, flush_timeout: float = 1.0) -> int:
@@ -148,10 +150,12 @@ class Device:
         """Publish one labelled record per second for `duration_s` clock seconds (or until `stop`)."""
         session_id = new_id()
         log.info("collect session %s: label %s for %g s", session_id, label, duration_s)
+        # recorded as running first: if this process dies mid-session, the next start reports it
+        self.store.begin_session(session_id, self.user, label, duration_s, self.clock.wall())
         q = self._listen()
-        seq = 0
+        seq, target, state = 0, int(round(duration_s)), "failed"
         try:
-            while seq < int(round(duration_s)):
+            while seq < target:
                 record = self._next_second(q, stop)
                 if record is None:
                     break
@@ -159,9 +163,31 @@ class Device:
                 self.store.add_record(message)
                 self.publisher.publish(self.cfg["mqtt"]["train_topic"], message)
                 seq += 1
+            state = "completed" if seq >= target else "stopped"
         finally:
             self._unlisten(q)
+            self._end_session(session_id, seq, state)
         return CollectSummary(session_id, label, seq, self.publisher.pending)
+
+    def _end_session(self, session_id: str, records: int, state: str) -> None:
+        try:
+            self.store.end_session(session_id, records, state)
+        except sqlite3.Error as exc:  # e.g. a full disk: the next start reports the session as cut short
+            log.error("could not record the end of collect session %s: %s", session_id, exc)
+
+    def report_unfinished_sessions(self) -> list[dict]:
+        """Tell the requester (error topic, log) about collect sessions an earlier process did not finish:
+        they are not resumed (the person may have moved on), and what they stored is kept."""
+        sessions = self.store.unfinished_sessions()
+        for s in sessions:
+            why = (f"collect session {s['session_id']} (label {s['label']}, {s['duration_s']:g} s, started "
+                   f"{messages.iso_utc(s['started'])}) was cut short by a restart after {s['records']} of "
+                   f"{int(round(s['duration_s']))} records; it is not resumed: start a new one")
+            log.warning("%s", why)
+            self.publisher.publish(self.cfg["mqtt"]["error_topic"], messages.error_message(
+                self.device_id, self.clock.wall(), why, "collect", s["session_id"]))
+            self.store.end_session(s["session_id"], s["records"], "interrupted")
+        return sessions
 
     # -- personal models ---------------------------------------------------------------------------
     def apply_feedback(self, request_id: str, label: str) -> dict:

@@ -16,6 +16,9 @@ CREATE INDEX IF NOT EXISTS records_user ON records (user, label);
 CREATE TABLE IF NOT EXISTS detections (
     request_id TEXT PRIMARY KEY, user TEXT NOT NULL, timestamp TEXT NOT NULL,
     window TEXT NOT NULL, result TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS collect_sessions (
+    session_id TEXT PRIMARY KEY, user TEXT NOT NULL, label TEXT NOT NULL, duration_s REAL NOT NULL,
+    started REAL NOT NULL, state TEXT NOT NULL, records INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS feedback (
     request_id TEXT PRIMARY KEY REFERENCES detections(request_id), user TEXT NOT NULL, label TEXT NOT NULL,
     received REAL NOT NULL);
@@ -59,6 +62,28 @@ class LocalStore:
             row = self._db.execute("SELECT window, result FROM detections WHERE request_id = ?",
                                    (request_id,)).fetchone()
         return None if row is None else (json.loads(row[0]), json.loads(row[1]))
+
+    # -- collect sessions: a session still 'running' when a process starts was cut short by a crash ----------
+    def begin_session(self, session_id: str, user: str, label: str, duration_s: float, started: float) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO collect_sessions VALUES (?,?,?,?,?,'running',0)",
+                             (session_id, user, label, duration_s, started))
+
+    def end_session(self, session_id: str, records: int, state: str) -> None:
+        """`state`: completed, stopped (ended early on request) or interrupted (found after a crash)."""
+        with self._lock:
+            self._db.execute("UPDATE collect_sessions SET state = ?, records = ? WHERE session_id = ?",
+                             (state, records, session_id))
+
+    def unfinished_sessions(self) -> list[dict]:
+        """Sessions left 'running' by an earlier process, with the records they had stored."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT s.session_id, s.user, s.label, s.duration_s, s.started, "
+                "(SELECT COUNT(*) FROM records r WHERE r.session_id = s.session_id) "
+                "FROM collect_sessions s WHERE s.state = 'running' ORDER BY s.started").fetchall()
+        keys = ("session_id", "user", "label", "duration_s", "started", "records")
+        return [dict(zip(keys, row)) for row in rows]
 
     def add_feedback(self, request_id: str, user: str, label: str, received: float) -> None:
         """A carer's true label for a detection; a second correction of the same request replaces it."""

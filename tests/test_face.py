@@ -7,7 +7,9 @@ from conftest import FER_PUBLIC, ROOT, run_cli
 
 from drivers.sim.camera import SimulatedCamera
 from pi.errors import CameraError, ModelError
+from pi.resources import FACE_SAMPLE, shipped
 from pi.service import config
+from pi.vision.evaluation import stratified_sample
 from pi.vision.face import FaceDetector, FacePipeline
 from pi.vision.fer import ExpressionClassifier, FaceViews, load_interpreter_class, read_metadata, zoom_matrix
 
@@ -225,3 +227,26 @@ def test_run_time_views_on_a_model_with_views_in_its_graph_are_warned_about(capl
     with caplog.at_level("WARNING", logger="pi.service.device"):
         assert load_face_pipeline(config.load(None)).views.count == 1
     assert "already averages" not in caplog.text
+
+
+def test_limit_draws_a_stratified_sample_not_the_first_rows():
+    labels = np.repeat(np.arange(7), [300, 30, 300, 600, 400, 250, 400])  # sorted by class, as files often are
+    pick = stratified_sample(labels, 300, seed=0)
+    assert len(pick) == 300 and len(set(pick.tolist())) == 300
+    counts = np.bincount(labels[pick], minlength=7)
+    assert np.all(np.abs(counts - np.bincount(labels) * 300 / len(labels)) < 1)  # proportional, to one item
+    assert np.array_equal(pick, stratified_sample(labels, 300, seed=0))  # reproducible
+    assert not np.array_equal(pick, stratified_sample(labels, 300, seed=1))
+    assert np.array_equal(stratified_sample(labels, 5000), np.arange(len(labels)))
+
+
+@pytest.mark.e2e
+def test_fer_eval_limit_covers_every_class_of_a_class_sorted_file(tmp_path):
+    sample = np.load(shipped(FACE_SAMPLE))  # 10 faces a class, sorted by class
+    path = tmp_path / "sorted.npz"
+    np.savez(path, images=sample["images"], labels=sample["labels"])
+    result = run_cli("fer-eval", str(path), "--limit", "14", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["n"] == 14 and report["sample"] == {"limit": 14, "seed": 0, "stratified": True}
+    assert [row["support"] for row in report["per_class"].values()] == [2] * 7

@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path)
     p.add_argument("--model", type=Path, default=None, help="TFLite file (default: the configured model)")
     p.add_argument("--metadata", type=Path, default=None)
-    p.add_argument("--limit", type=int, default=None, help="first N images only")
+    p.add_argument("--limit", type=int, default=None,
+                   help="a random sample of N images, stratified by class (files are often sorted by class)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --limit sample")
     p.add_argument("--flip", action="store_true", help="average with the mirrored face")
     p.add_argument("--scales", type=_scales_argument, default=(1.0,), metavar="S,S,...",
                    help="also average zoomed views, e.g. 0.9,1.0,1.1, one invoke each (default 1.0: the model "
@@ -158,7 +160,7 @@ def cmd_fer_eval(args) -> int:
     cfg = config_mod.load(None)
     report = evaluate(args.data, args.model or Path(cfg["face"]["model"]),
                       args.metadata or Path(cfg["face"]["metadata"]), limit=args.limit,
-                      views=FaceViews(args.scales, args.flip))
+                      views=FaceViews(args.scales, args.flip), seed=args.seed)
     emit(json.dumps(report) if args.json else format_report(report))
     return 0
 

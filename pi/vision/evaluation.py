@@ -11,26 +11,44 @@ from pi.metrics import report
 from pi.vision.fer import ExpressionClassifier, FaceViews
 
 
-def load_dataset(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def stratified_sample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Indices of `n` items drawn at random within each class, in proportion to the class sizes (largest
+    remainder), sorted. Dataset files are often sorted by class, so their first N items are one class."""
+    if n >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * n / len(labels)
+    take = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - take), kind="stable")[: n - take.sum()]:
+        take[i] += 1
+    picked = [rng.choice(np.flatnonzero(labels == c), k, replace=False) for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(picked))
+
+
+def load_dataset(path: str | Path, limit: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of a FER-format .npz; with `limit`, a stratified random sample of that many."""
     try:
         data = np.load(path)
         images, labels = data["images"], data["labels"].astype(int)
     except (OSError, KeyError, ValueError) as exc:
         raise ModelError(f"{path} is not a FER-format .npz with 'images' and 'labels': {exc}") from None
     if limit is not None:
-        images, labels = images[:limit], labels[:limit]
+        keep = stratified_sample(labels, limit, seed)
+        images, labels = images[keep], labels[keep]
     return images, labels
 
 
 def evaluate(data: str | Path, model: str | Path, metadata: str | Path, limit: int | None = None,
-             views: FaceViews = FaceViews(), threads: int = 1) -> dict:
+             views: FaceViews = FaceViews(), threads: int = 1, seed: int = 0) -> dict:
     """The model's report on `data`; `views` > 1 measures test-time augmentation as the pipeline runs it."""
     classifier = ExpressionClassifier.from_metadata(model, metadata, threads)
-    images, labels = load_dataset(data, limit)
+    images, labels = load_dataset(data, limit, seed)
     probs = views.predict(classifier, images)
     result = report(labels, probs.argmax(axis=1), classifier.classes)
     result.update({"model": str(model), "data": str(data), "flip": views.flip, "scales": list(views.scales),
-                   "runtime": classifier.runtime})
+                   "runtime": classifier.runtime, "sample": None if limit is None else {"limit": limit, "seed": seed,
+                                                                                       "stratified": True}})
     return result
 
 

@@ -17,7 +17,8 @@ from drivers.errors import (
 
 __all__ = ["EmotionEdgeError", "ConfigError", "HardwareError", "I2CError", "HatNotFoundError",
            "ImplausibleReadingError", "CameraError", "PinFactoryError", "ModelError", "CommandError",
-           "PublishError", "DegradedWarning"]
+           "PublishError", "DegradedWarning", "NoCameraWarning", "NoFaceModelWarning", "SlowKernelsWarning",
+           "EmptySceneWarning"]
 
 
 class ConfigError(EmotionEdgeError, ValueError):
@@ -43,3 +44,19 @@ class PublishError(EmotionEdgeError):
 
 class DegradedWarning(UserWarning):
     """Something is missing or failing, but the device keeps working with less (e.g. no camera)."""
+
+
+class NoCameraWarning(DegradedWarning):
+    """No camera could be opened: detections use physiology alone."""
+
+
+class NoFaceModelWarning(DegradedWarning):
+    """The face model is missing or unloadable: detections use physiology alone."""
+
+
+class SlowKernelsWarning(DegradedWarning):
+    """The TFLite delegate refused the graph: the model runs on the slower built-in kernels."""
+
+
+class EmptySceneWarning(DegradedWarning):
+    """The simulated camera's face source is missing: it shows a scene without a face."""

@@ -48,8 +48,14 @@ def test_detect_publishes_window_and_result_with_one_request_id(broker, recorder
     assert window["bpm_mean"] == pytest.approx(96, abs=3)
     assert 1 < window["skin_conductance_mean"] < 40
     assert published["bpm_mean"] == window["bpm_mean"]
-    assert published["emotion"] in ("angry", "happy", "sad", "neutral", "uncertain", "unknown")
     assert published["arousal"] == "high"
+    # no personal model yet: the face decides, as the decision rule says (the shipped face sample is seen)
+    assert published["faces_found"] >= 1 and published["basis"] == "face" and published["face_available"]
+    fused = {e: published[f"p_{e}"] for e in ("happy", "sad", "angry", "neutral")}
+    assert sum(fused.values()) == pytest.approx(1, abs=1e-3)
+    assert published["confidence"] == pytest.approx(max(fused.values()), abs=1e-4)
+    expected = max(fused, key=fused.get) if published["confidence"] >= 0.4 else "uncertain"
+    assert published["emotion"] == expected
 
 
 def test_broken_config_exits_2_naming_the_key(tmp_path):

@@ -143,11 +143,13 @@ def test_no_face_is_an_outcome_not_a_guess(classifier):
     assert result.box is None and result.probabilities is None
 
 
-def test_crop_pads_at_the_frame_edge():
-    detector = FaceDetector(margin=0.2)
-    gray = np.zeros((100, 100), np.uint8)
-    face = detector.crop(gray, (80, 80, 20, 20), 48)
-    assert face.shape == (48, 48)
+def test_crop_pads_at_the_frame_edge_by_repeating_the_border():
+    detector = FaceDetector(margin=0.25)
+    gray = np.tile(np.arange(100, dtype=np.uint8) * 2, (100, 1))  # columns 0, 2, ..., 198
+    face = detector.crop(gray, (80, 40, 20, 20), 30)  # a 30-px square from x = 75 to 105: 5 px outside
+    assert face.shape == (30, 30)
+    assert np.array_equal(face[0, :25], gray[0, 75:100])  # inside the frame: the pixels themselves
+    assert np.all(face[:, 25:] == gray[0, 99])  # past the right edge: the last column repeated, not black
 
 
 @needs_data

@@ -6,7 +6,7 @@ import pytest
 from conftest import run_cli
 
 from pi.personal import fusion
-from pi.personal.model import ModelRegistry, build_dataset, fit_user, leave_one_session_out
+from pi.personal.model import ModelRegistry, build_dataset, fit_logistic, fit_user, leave_one_session_out
 from pi.service import config
 from pi.service.simulated_sessions import simulate_session
 from pi.service.store import LocalStore
@@ -39,12 +39,20 @@ def test_leave_one_session_out_beats_chance_by_far(tmp_path):
 
 
 def test_sessions_are_never_split_between_train_and_test():
+    # "fear" is recorded in one session only. Held out, that session leaves no fear rows to train on, so a
+    # leave-one-session-out evaluation can never recall fear; a split that leaked the session's own seconds
+    # into training would recall it easily, as the fit on everything shows.
     records = sessions_for("bob", 4.0, 0.0, reps=2, seconds=20, with_baseline=False)
+    records += simulate_session("fear", 20, seed=77, baseline_us=4.0, hr_offset=0.0, user="bob",
+                                session_id="bob-fear-0")
     ds = build_dataset(records)
     report = leave_one_session_out(ds)
-    assert report["sessions"] == len(set(r["session_id"] for r in records))
-    # predictions come from one model per held-out session: a session's rows all share one fold
-    assert len(np.unique(ds.session)) == report["sessions"]
+    assert report["sessions"] == 9
+    assert report["per_class"]["fear"]["support"] > 0 and report["per_class"]["fear"]["recall"] == 0.0
+    z = (ds.x - ds.baseline_mu) / ds.baseline_sd
+    w, b = fit_logistic(z, ds.y, len(ds.classes), ds.weight)
+    fear = ds.y == ds.classes.index("fear")
+    assert np.mean((z[fear] @ w + b).argmax(axis=1) == ds.classes.index("fear")) > 0.8
 
 
 def test_a_shifted_baseline_is_classified_after_normalisation(tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pi.errors import CameraError, CommandError, DegradedWarning, EmotionEdgeError, ModelError
+from pi.errors import CameraError, CommandError, EmotionEdgeError, ModelError, NoFaceModelWarning
 from pi.messaging import messages
 from pi.messaging.outbox import Outbox
 from pi.messaging.publisher import OutboxPublisher, make_publisher
@@ -46,7 +46,7 @@ def new_id() -> str:
 
 
 def load_face_pipeline(cfg: dict):
-    """The face pipeline, or None with a DegradedWarning when the model is missing or unloadable."""
+    """The face pipeline, or None with a NoFaceModelWarning when the model is missing or unloadable."""
     from pi.vision.face import FaceDetector, FacePipeline
     from pi.vision.fer import ExpressionClassifier, FaceViews, read_metadata
 
@@ -62,7 +62,7 @@ def load_face_pipeline(cfg: dict):
         return FacePipeline(FaceDetector(face["detect_width"], face["min_face"], face["margin"],
                                          face["scale_factor"]), classifier, views)
     except ModelError as exc:
-        warnings.warn(f"face model unavailable ({exc}); detections use physiology alone", DegradedWarning,
+        warnings.warn(f"face model unavailable ({exc}); detections use physiology alone", NoFaceModelWarning,
                       stacklevel=2)
         return None
 

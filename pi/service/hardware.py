@@ -17,7 +17,7 @@ from drivers.sim.bus import SimulatedSMBus
 from drivers.sim.camera import SimulatedCamera
 from drivers.sim.person import SimulatedPerson
 from pi.clock import Clock, SimClock
-from pi.errors import CameraError, DegradedWarning
+from pi.errors import CameraError, EmptySceneWarning, NoCameraWarning
 from pi.physiology.beat_rate import BeatRateEstimator
 from pi.physiology.sampler import HeartInput, Sampler
 
@@ -87,14 +87,14 @@ def build(cfg: dict, simulate: bool, bus=None, pin_factory=None, camera=None) ->
 
 
 def open_camera(cfg: dict, simulate: bool, clock, person) -> tuple[object | None, str]:
-    """The configured camera, or None (with a DegradedWarning) when there is none to be had."""
+    """The configured camera, or None (with a NoCameraWarning) when there is none to be had."""
     cam = cfg["camera"]
     try:
         if simulate:
             faces = cfg["sim"]["faces"]
             if faces is not None and not os.path.exists(faces):
                 warnings.warn(f"sim.faces {faces} not found; the simulated camera shows an empty scene",
-                              DegradedWarning, stacklevel=2)
+                              EmptySceneWarning, stacklevel=2)
                 faces = None
             return SimulatedCamera(faces, emotion=lambda: person.emotion, width=cam["width"],
                                    height=cam["height"], seed=cfg["sim"]["seed"]), "simulated"
@@ -104,5 +104,5 @@ def open_camera(cfg: dict, simulate: bool, clock, person) -> tuple[object | None
             return Picamera2Camera(cam["width"], cam["height"]), "picamera2"
         return OpenCVCamera(cam["device"], cam["width"], cam["height"]), "opencv"
     except CameraError as exc:
-        warnings.warn(f"no camera ({exc}); detections use physiology alone", DegradedWarning, stacklevel=2)
+        warnings.warn(f"no camera ({exc}); detections use physiology alone", NoCameraWarning, stacklevel=2)
         return None, "none"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pi.errors import DegradedWarning, ModelError
+from pi.errors import ModelError, SlowKernelsWarning
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class ExpressionClassifier:
             # XNNPACK refuses some int8 graphs (e.g. a requantisation scale below 2^-32 where a branch
             # contributes next to nothing); the built-in kernels run them, a few times slower.
             warnings.warn(f"{model_path.name}: XNNPACK refused the graph ({exc}); using built-in kernels",
-                          DegradedWarning, stacklevel=2)
+                          SlowKernelsWarning, stacklevel=2)
             resolver = sys.modules[interpreter_cls.__module__].OpResolverType
             self.interpreter = interpreter_cls(
                 model_path=str(model_path), num_threads=threads,

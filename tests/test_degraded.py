@@ -45,7 +45,7 @@ def test_a_graph_the_delegate_refuses_runs_on_the_builtin_kernels(monkeypatch):
         classifier = fer.ExpressionClassifier.from_metadata(shipped(FER_MODEL), shipped(FER_METADATA))
     assert classifier.xnnpack is False
     probabilities = classifier.predict(np.zeros((1, 48, 48), np.uint8))
-    assert probabilities.shape == (1, 7) and probabilities.sum() == pytest.approx(1, abs=0.02)
+    assert probabilities.shape == (1, 7) and probabilities.sum() == pytest.approx(1, abs=0.05)  # int8 output steps
 
 
 def test_every_specific_warning_is_a_degraded_warning():

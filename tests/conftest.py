@@ -17,6 +17,34 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 FER_PUBLIC = SHARED / "datasets" / "fer2013" / "fer2013_publictest.npz"
+SHARED_MISSING = "../shared (the read-only data sets beside the project root) is absent: a real user's checkout"
+
+
+def needs_shared(*paths: Path):
+    """Skip, with the one reason, a test that reads data sets from ../shared when they are not there."""
+    return pytest.mark.skipif(not all(p.exists() for p in paths), reason=SHARED_MISSING)
+
+
+needs_fer2013 = needs_shared(FER_PUBLIC)
+E2E_FIXTURES = {"broker", "recorder"}
+E2E_CALLS = ("run_cli(", "start_cli(", "subprocess.")
+
+
+def pytest_collection_modifyitems(items):
+    """`e2e` marks every test that needs a real Mosquitto or runs the CLI in a subprocess, so that
+    `pytest -m "not e2e"` is the fast loop; found from the fixtures and calls a test uses."""
+    import inspect
+
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            continue
+        uses_broker = E2E_FIXTURES & set(getattr(item, "fixturenames", ()))
+        try:
+            source = inspect.getsource(item.function)
+        except (OSError, TypeError, AttributeError):
+            source = ""
+        if uses_broker or any(call in source for call in E2E_CALLS):
+            item.add_marker(pytest.mark.e2e)
 sys.path.insert(0, str(ROOT))
 
 from pi.clock import ManualClock  # noqa: E402

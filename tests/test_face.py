@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import FER_PUBLIC, ROOT, run_cli
+from conftest import FER_PUBLIC, ROOT, needs_fer2013, run_cli
 
 from drivers.sim.camera import SimulatedCamera
 from pi.errors import CameraError, ModelError
@@ -15,7 +15,7 @@ from pi.vision.fer import ExpressionClassifier, FaceViews, load_interpreter_clas
 
 MODEL = ROOT / "models" / "fer_int8.tflite"
 META = ROOT / "models" / "fer.json"
-needs_data = pytest.mark.skipif(not FER_PUBLIC.exists(), reason="../shared FER2013 PublicTest not present")
+needs_data = needs_fer2013
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,7 @@ def test_missing_model_is_a_clear_error(tmp_path):
         ExpressionClassifier(tmp_path / "nope.tflite", ("a",))
 
 
+@pytest.mark.slow
 @needs_data
 def test_500_publictest_images_reproduce_the_recorded_accuracy(classifier):
     data = np.load(FER_PUBLIC)
@@ -112,6 +113,7 @@ def test_face_views_refuse_impossible_zooms(scales):
         FaceViews(scales)
 
 
+@pytest.mark.slow
 @needs_data
 def test_shipped_model_averages_its_mirror_image_in_the_graph(classifier):
     # views_in_graph: one invoke classifies the zoomed and mirrored views and averages them, so a face and

@@ -28,6 +28,7 @@ def sessions_for(user, baseline_us, hr_offset, reps=3, seconds=40, with_baseline
     return records
 
 
+@pytest.mark.slow
 def test_leave_one_session_out_beats_chance_by_far(tmp_path):
     records = sessions_for("ann", baseline_us=3.0, hr_offset=4.0)
     report, model = fit_user(records, ModelRegistry(tmp_path, "ann"))
@@ -55,6 +56,7 @@ def test_sessions_are_never_split_between_train_and_test():
     assert np.mean((z[fear] @ w + b).argmax(axis=1) == ds.classes.index("fear")) > 0.8
 
 
+@pytest.mark.slow
 def test_a_shifted_baseline_is_classified_after_normalisation(tmp_path):
     """Train on one person; classify a person whose conductance is 3x and heart 15 BPM higher."""
     ann = sessions_for("ann", baseline_us=2.0, hr_offset=-5.0)

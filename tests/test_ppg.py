@@ -7,21 +7,26 @@ import pytest
 from pi.physiology.beat_rate import BeatRateEstimator
 from pi.physiology.ppg import PpgBeatDetector, detect_beats
 
-hp = pytest.importorskip("heartpy")
-DATA = Path(hp.__file__).parent / "data"
+
+def recording(name: str):
+    """(heartpy, signal, sample rate) of one of the recordings that ship with HeartPy; imported here, not at
+    collection, because HeartPy brings SciPy and matplotlib (seconds of start-up)."""
+    hp = pytest.importorskip("heartpy")
+    path = Path(hp.__file__).parent / "data" / name
+    if name == "data.csv":
+        return hp, hp.get_data(str(path)), 100.0
+    if name == "data2.csv":
+        return hp, hp.get_data(str(path), column_name="hr"), hp.get_samplerate_mstimer(
+            hp.get_data(str(path), column_name="timer"))
+    stamps = hp.get_data(str(path), column_name="datetime")
+    return hp, hp.get_data(str(path), column_name="hr"), hp.get_samplerate_datetime(
+        stamps, timeformat="%Y-%m-%d %H:%M:%S.%f")
 
 
-def recordings():
-    yield "data.csv", hp.get_data(str(DATA / "data.csv")), 100.0
-    timer = hp.get_data(str(DATA / "data2.csv"), column_name="timer")
-    yield "data2.csv", hp.get_data(str(DATA / "data2.csv"), column_name="hr"), hp.get_samplerate_mstimer(timer)
-    stamps = hp.get_data(str(DATA / "data3.csv"), column_name="datetime")
-    yield ("data3.csv", hp.get_data(str(DATA / "data3.csv"), column_name="hr"),
-           hp.get_samplerate_datetime(stamps, timeformat="%Y-%m-%d %H:%M:%S.%f"))
-
-
-@pytest.mark.parametrize("name,signal,fs", list(recordings()), ids=lambda v: v if isinstance(v, str) else "")
-def test_streaming_ppg_bpm_within_3_of_heartpy(name, signal, fs):
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["data.csv", "data2.csv", "data3.csv"])
+def test_streaming_ppg_bpm_within_3_of_heartpy(name):
+    hp, signal, fs = recording(name)
     _, measures = hp.process(signal, fs)
     detector, estimator = PpgBeatDetector(fs), BeatRateEstimator(30, 220, window_s=1e9)
     for i, value in enumerate(signal):

@@ -4,7 +4,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import FER_PUBLIC, ROOT
+from conftest import ROOT
+
+from pi.resources import FACE_SAMPLE, shipped
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from train_fer import augment_batch, epoch_batches  # noqa: E402
@@ -12,7 +14,10 @@ from train_fer import augment_batch, epoch_batches  # noqa: E402
 
 @pytest.fixture(scope="module")
 def faces() -> np.ndarray:
-    return np.load(FER_PUBLIC)["images"][:256]
+    """256 distinct real faces from the shipped FER2013 sample (70 faces) and their mirror and flip images,
+    so these tests need no ../shared."""
+    s = np.load(shipped(FACE_SAMPLE))["images"]
+    return np.concatenate([s, s[:, :, ::-1], s[:, ::-1], s[:, ::-1, ::-1]])[:256]
 
 
 def test_shape_dtype_and_range(faces):

@@ -2,18 +2,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Union
 
 import numpy as np
 
+Labels = Union[Sequence[int], np.ndarray]  # class indices, as a list or an integer array
 
-def confusion(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
+
+def confusion(y_true: Labels, y_pred: Labels, n_classes: int) -> np.ndarray:
     """Rows are true classes, columns predictions."""
     m = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(m, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
     return m
 
 
-def report(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str]) -> dict:
+def report(y_true: Labels, y_pred: Labels, classes: Sequence[str]) -> dict:
     """accuracy, macro_f1, per-class precision/recall/f1/support and the confusion matrix."""
     m = confusion(y_true, y_pred, len(classes))
     tp = np.diag(m).astype(float)

@@ -137,6 +137,8 @@ def cmd_detect(args) -> int:
         result = device.detect(args.window)
     finally:
         left = _finish(device, cfg)
+    if result is None:  # only a stop request ends a detection early; the CLI makes none, but say so if it happens
+        raise EmotionEdgeError("the detection was stopped before its window ended; nothing was concluded")
     result["waiting_in_outbox"] = left
     emit(json.dumps(result))
     return 0

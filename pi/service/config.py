@@ -10,6 +10,7 @@ import copy
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -246,7 +247,7 @@ def _check_value(path: str, spec: Field, value: Any) -> tuple[Any, str | None]:
     if not isinstance(value, _KINDS[spec.kind]):
         return value, f"expected {spec.kind}, got {type(value).__name__} {_shown(spec, value)}"
     if spec.kind == "float":
-        value = float(value)
+        value = float(value)  # type: ignore[arg-type]  # an int or float: checked just above
         if not math.isfinite(value):
             return value, f"must be a finite number, got {value!r}"
     if spec.choices and value not in spec.choices:
@@ -403,7 +404,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return parts[0], parts[1], parsed
 
 
-def load(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> dict[str, dict[str, Any]]:
+def load(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """Load a YAML file (None = defaults only), apply --set overrides, validate and resolve paths."""
     raw: dict = {}
     if path is not None:

@@ -28,6 +28,7 @@ from pi.personal import model as physio_model
 from pi.personal.feedback import apply_feedback, fused_distribution
 from pi.physiology.sampler import SecondRecord
 from pi.service.hardware import Hardware
+from pi.service.lock import DataDirLock
 from pi.service.store import LocalStore
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class Device:
         self.device_id = cfg["device"]["id"]
         self.user = cfg["device"]["user"]
         self.registry = physio_model.ModelRegistry(cfg["device"]["data_dir"], self.user)
-        self.data_dir_lock = None  # this process's claim on the data directory, released by stop()
+        self.data_dir_lock: DataDirLock | None = None  # this process's claim on the data directory, released by stop()
         self._listeners: list[queue.Queue] = []
         self._lock = threading.Lock()
         self.heartbeat = lambda: None  # called while waiting for records: the daemon feeds its watchdog here

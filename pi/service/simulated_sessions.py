@@ -9,7 +9,7 @@ from drivers.sim.person import SimulatedPerson
 from pi.clock import ManualClock
 from pi.messaging import messages
 from pi.physiology.beat_rate import BeatRateEstimator
-from pi.physiology.sampler import HeartInput, Sampler
+from pi.physiology.sampler import HeartInput, Sampler, SecondRecord
 
 
 def simulate_session(emotion: str, seconds: int, *, seed: int, baseline_us: float, hr_offset: float,
@@ -21,7 +21,7 @@ def simulate_session(emotion: str, seconds: int, *, seed: int, baseline_us: floa
     bus = SimulatedSMBus(clock=clock)
     person.attach(bus, 0, 4)
     heart = HeartInput("adc", BeatRateEstimator(30, 220, 10), rate_hz, 1650, 200)
-    seconds_out = []
+    seconds_out: list[SecondRecord] = []
     sampler = Sampler(GroveBaseHatADC(bus, retry_delay_s=0), person.gsr, heart, clock, rate_hz,
                       on_second=seconds_out.append)
     for k in range(1, (seconds + warm_up_s) * rate_hz + 1):

@@ -8,6 +8,7 @@ the full-resolution grayscale frame and resized to the model's input. "No face" 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import cv2
@@ -25,7 +26,8 @@ class FaceResult:
 
 
 def _cascade(name: str) -> cv2.CascadeClassifier:
-    path = Path(cv2.data.haarcascades) / name
+    """A Haar cascade shipped as package data of opencv-python-headless 4.x (cv2/data/)."""
+    path = Path(str(resources.files("cv2").joinpath("data", name)))
     cascade = cv2.CascadeClassifier(str(path))
     if cascade.empty():
         raise ModelError(f"cannot load the Haar cascade {path} (opencv-python-headless 4.x ships it)")
@@ -57,8 +59,8 @@ class FaceDetector:
                 found = [(small.shape[1] - x - w, y, w, h) for x, y, w, h in flipped]
         if len(found) == 0:
             return None, None
-        x, y, w, h = max(found, key=lambda b: b[2] * b[3])
-        return tuple(int(round(v / scale)) for v in (x, y, w, h)), name
+        x, y, w, h = (int(round(v / scale)) for v in max(found, key=lambda b: b[2] * b[3]))
+        return (x, y, w, h), name
 
     def crop(self, gray: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
         """Square crop around `box` with the margin, padded at the frame edges, resized to size x size."""

@@ -21,7 +21,10 @@ setup(
         "pi": ["smbus2>=0.4", "grove.py>=0.6", "picamera2; platform_machine=='aarch64'"],
         "aws": ["AWSIoTPythonSDK>=1.5"],
         "train": ["tensorflow==2.21.*"],
-        "dev": ["pytest>=7", "heartpy>=1.2.7", "smbus2>=0.4", "AWSIoTPythonSDK>=1.5"],
+        # `emotion-edge sleep report`: statistics and plots (imported lazily: the daemon runs without them)
+        "report": ["scipy>=1.11", "statsmodels>=0.14", "matplotlib>=3.7"],
+        "dev": ["pytest>=7", "heartpy>=1.2.7", "smbus2>=0.4", "AWSIoTPythonSDK>=1.5",
+                "scipy>=1.11", "statsmodels>=0.14", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["emotion-edge=pi.cli:main"]},
 )

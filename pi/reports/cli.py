@@ -132,7 +132,7 @@ def _private_write(path: Path, data: bytes) -> None:
 def _text_summary(report: dict) -> list[str]:
     def n(v, d=3):
         return "–" if v is None else (f"[{v[0]:.{d}f}, {v[1]:.{d}f}]" if isinstance(v, list) else f"{v:.{d}g}"
-                                       if isinstance(v, float) and abs(v) < 1e-3 else f"{v:.{d}f}"
+                                       if isinstance(v, float) and 0 < abs(v) < 0.01 else f"{v:.{d}f}"
                                        if isinstance(v, float) else str(v))
 
     c = report["counts"]

@@ -453,7 +453,7 @@ def _num(value, digits: int = 3) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_num(v, digits) for v in value) + "]"
     if isinstance(value, float):
-        return f"{value:.2g}" if 0 < abs(value) < 10 ** -digits else f"{value:.{digits}f}"
+        return f"{value:.2g}" if 0 < abs(value) < 0.01 else f"{value:.{digits}f}"
     return html.escape(str(value))
 
 

@@ -283,9 +283,13 @@ def statistics(pairs: Sequence[Pair]) -> dict:
         out.update({"within_person_r": _f(w["r"]), "within_person_p": _f(w["p"]),
                     "within_person_ci": _ci(*w["ci"]) if w["ci"] else None, "within_person_df": w["df"],
                     "within_person_slope": _f(w["slope"])})
-        mixed = mixed_model([p.user for p in pairs], x, y)
-        if mixed is None:
-            out["notes"].append(f"no mixed model: statsmodels is not installed ({EXTRA_HINT})")
+        try:
+            mixed = mixed_model([p.user for p in pairs], x, y)
+            if mixed is None:
+                out["notes"].append(f"no mixed model: statsmodels is not installed ({EXTRA_HINT})")
+        except (ValueError, np.linalg.LinAlgError) as exc:  # e.g. a singular design: say so, keep the rest
+            mixed = None
+            out["notes"].append(f"the mixed model could not be fitted: {exc}")
         out["mixed_model"] = mixed
         out["notes"].append("the pooled p-value treats all nights as independent; nights of one person are not, "
                             "so read the within-person and mixed-model figures")

@@ -42,6 +42,15 @@ class PublishError(EmotionEdgeError):
     """A message could not be handed to the MQTT broker."""
 
 
+class ImportDataError(EmotionEdgeError, ValueError):
+    """A file given to an importer is unusable; the message names the file and the record. Nothing of the
+    file is imported (the CLI exits 2, as for any bad input)."""
+
+
+class MissingExtraError(EmotionEdgeError):
+    """An optional feature needs packages that are not installed; the message names the pip extra."""
+
+
 class DegradedWarning(UserWarning):
     """Something is missing or failing, but the device keeps working with less (e.g. no camera)."""
 

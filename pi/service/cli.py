@@ -1,6 +1,6 @@
-"""Command line: `emotion-edge run | detect | collect | check-config | fer-eval` (also `python -m pi`).
+"""Command line: `emotion-edge run | detect | collect | check-config | fer-eval | sleep | mood` (also `python -m pi`).
 
-Exit codes: 0 success, 1 runtime failure, 2 bad configuration or arguments, 3 hardware missing.
+Exit codes: 0 success, 1 runtime failure, 2 bad configuration, arguments or input file, 3 hardware missing.
 """
 from __future__ import annotations
 
@@ -12,18 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-from pi.errors import ConfigError, EmotionEdgeError, HardwareError
+from pi.errors import ConfigError, EmotionEdgeError, HardwareError, ImportDataError
+from pi.reports import cli as sleep_cli
 from pi.service import config as config_mod
+from pi.service import output
+from pi.service.output import emit
 
 log = logging.getLogger("emotion-edge")
-# Results go to the real stdout; everything else that prints (third-party libraries included: the AWS IoT
-# SDK prints its socket errors) goes to stderr, so stdout stays machine-readable.
-RESULTS = sys.stdout
-
-
-def emit(text: str) -> None:
-    RESULTS.write(text + "\n")
-    RESULTS.flush()
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -80,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also average zoomed views, e.g. 0.9,1.0,1.1, one invoke each (default 1.0: the model "
                         "as shipped, whose graph already averages its own views)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    sleep_cli.add_parsers(sub, _common)
     return parser
 
 
@@ -218,16 +214,15 @@ def cmd_rollback(args) -> int:
 
 COMMANDS = {"run": cmd_run, "detect": cmd_detect, "collect": cmd_collect, "check-config": cmd_check_config,
             "fer-eval": cmd_fer_eval,
-            "fit": cmd_fit, "feedback": cmd_feedback, "rollback": cmd_rollback}
+            "fit": cmd_fit, "feedback": cmd_feedback, "rollback": cmd_rollback, **sleep_cli.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:
-    global RESULTS
-    RESULTS, sys.stdout = sys.stdout, sys.stderr
+    output.RESULTS, sys.stdout = sys.stdout, sys.stderr
     try:
         return _main(argv)
     finally:
-        sys.stdout = RESULTS
+        sys.stdout = output.RESULTS
 
 
 def _main(argv: list[str] | None) -> int:
@@ -245,7 +240,7 @@ def _main(argv: list[str] | None) -> int:
     logs.setup(level, fmt)
     try:
         return COMMANDS[args.command](args)
-    except ConfigError as exc:
+    except (ConfigError, ImportDataError) as exc:  # bad configuration, arguments or input file
         print(f"emotion-edge: {exc}", file=sys.stderr)
         return 2
     except HardwareError as exc:

@@ -80,6 +80,16 @@ def _topic(value: str) -> str | None:
     return None
 
 
+def _timezone(value: str) -> str | None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"unknown time zone {value!r} (an IANA name such as Europe/Oslo)"
+    return None
+
+
 SCHEMA: dict[str, dict[str, Field]] = {
     "device": {
         "id": Field("str", "emotion-pi-01", "device id: MQTT client id and `device_id` in every message",
@@ -112,6 +122,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
                              check=_topic),
         "feedback_topic": Field("str", "iotsensors/{device_id}/feedback", "carer corrections of results",
                                 check=_topic),
+        "report_topic": Field("str", "iotsensors/{device_id}/report", "summaries of `emotion-edge sleep report "
+                              "--publish`", check=_topic),
         "publish_timeout": Field("float", 10.0, "seconds to wait for PUBACKs before exiting", min=0.1, max=600),
         "reconnect_max_delay": Field("float", 30.0, "upper bound of the reconnect back-off", min=1, max=600),
         "profile": Field("str", "generic", "generic broker, or aws-iot-core (mutual TLS, thing name = "
@@ -208,6 +220,12 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "refit_every": Field("int", 3, "refit after this many new corrections", min=1, max=10000),
         "holdout_fraction": Field("float", 0.34, "newest share of corrections held out to judge a refit",
                                   min=0.1, max=0.5),
+    },
+    "sleep": {
+        "morning_hours": Field("float", 3.0, "hours after a night's wake time (the tracker's endTime) whose "
+                               "detections give that morning's emotion score", min=0.25, max=12),
+        "timezone": Field("str", None, "IANA zone of the sleep tracker's local times and of the day boundary "
+                          "for self-reports; null = this device's own zone", nullable=True, check=_timezone),
     },
     "sim": {
         "emotion": Field("str", "neutral", "what the simulated person feels", choices=FER_CLASSES),
@@ -308,7 +326,7 @@ def _cross_checks(cfg: dict) -> dict[str, str]:
     if heart["source"] == "gpio" and button["enabled"] and heart["gpio_pin"] == button["pin"]:
         problems["heart.gpio_pin"] = "must differ from button.pin"
     topics = {k: cfg["mqtt"][k] for k in ("train_topic", "infer_topic", "result_topic", "command_topic",
-                                          "status_topic", "error_topic", "feedback_topic")}
+                                          "status_topic", "error_topic", "feedback_topic", "report_topic")}
     seen: dict[str, str] = {}
     for key, topic in topics.items():  # e.g. command == error would feed every rejection back as a command
         if topic in seen:
@@ -439,7 +457,7 @@ def load(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -
 def resolve(cfg: dict) -> dict:
     """Fill derived values: topic templates, the data directory, the shipped files' paths."""
     device_id = cfg["device"]["id"]
-    for key in ("command_topic", "status_topic", "error_topic", "feedback_topic"):
+    for key in ("command_topic", "status_topic", "error_topic", "feedback_topic", "report_topic"):
         cfg["mqtt"][key] = cfg["mqtt"][key].replace("{device_id}", device_id)
     if cfg["device"]["data_dir"] is None:
         state = os.environ.get("STATE_DIRECTORY")

@@ -1,0 +1,1 @@
+"""Reports computed on the device from the local store (statistics, plots, HTML)."""

@@ -27,7 +27,7 @@ def calibrate_face(face: np.ndarray | None, model: PersonalModel | None, emotion
     if face is None or model is None or "face_bias" not in model.data:
         return face
     bias = np.array([model.data["face_bias"].get(e, 0.0) for e in emotions])
-    return softmax(np.log(np.clip(face, 1e-6, 1)) + bias)
+    return softmax(fusion.log_probabilities(face) + bias)
 
 
 def fused_distribution(face: np.ndarray | None, features: np.ndarray | None, model: PersonalModel | None,
@@ -58,7 +58,7 @@ def feedback_examples(feedback: list, emotions: Sequence[str]
 
 def fit_face_bias(examples, emotions: Sequence[str], l2: float = 0.05, steps: int = 300) -> dict:
     """Per-emotion additive bias on face log-probabilities minimising cross-entropy on the corrections."""
-    rows = [(np.log(np.clip(face, 1e-6, 1)), emotions.index(label)) for _, face, label in examples
+    rows = [(fusion.log_probabilities(face), emotions.index(label)) for _, face, label in examples
             if face is not None and label in emotions]
     bias = np.zeros(len(emotions))
     if rows:
@@ -83,7 +83,7 @@ def refit_from_feedback(cfg: dict, store, registry: ModelRegistry) -> dict:
     """Refit the user's models with the corrections; install only if better on held-out corrections."""
     user = cfg["device"]["user"]
     emotions = cfg["detect"]["emotions"]
-    weights = {"face": cfg["fusion"]["face_weight"], "physiology": cfg["fusion"]["physiology_weight"]}
+    weights = fusion.source_weights(cfg["fusion"])
     examples = feedback_examples(store.feedback(user), emotions)
     fb = cfg["feedback"]
     if len(examples) < fb["min_examples"]:

@@ -11,7 +11,17 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-EPS = 1e-6
+EPS = 1e-6  # the smallest probability a source may claim: log(0) would veto an emotion outright
+
+
+def log_probabilities(p: np.ndarray) -> np.ndarray:
+    """log p with p floored at EPS: the one place where a source's zeros are softened."""
+    return np.log(np.clip(p, EPS, 1.0))
+
+
+def source_weights(fusion_cfg: Mapping[str, float]) -> dict[str, float]:
+    """The pooling weight of each source, from the config's `fusion` section."""
+    return {"face": fusion_cfg["face_weight"], "physiology": fusion_cfg["physiology_weight"]}
 
 
 def to_emotions(probabilities: Sequence[float], classes: Sequence[str],
@@ -40,7 +50,7 @@ def pool(sources: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.
     """Weighted log-linear pooling of distributions over the same emotions; None with no source."""
     if not sources:
         return None
-    log_p = sum(weights.get(name, 1.0) * np.log(np.clip(p, EPS, 1.0)) for name, p in sources.items())
+    log_p = sum(weights.get(name, 1.0) * log_probabilities(p) for name, p in sources.items())
     log_p = log_p - np.max(log_p)
     fused = np.exp(log_p)
     return fused / fused.sum()

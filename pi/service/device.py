@@ -256,7 +256,7 @@ class Device:
         tail = seconds[-physio_model.WINDOW_S:]
         features = physio_model.window_features([s.skin_conductance for s in tail], [s.bpm for s in tail])
         model = self.registry.current()
-        weights = {"face": self.cfg["fusion"]["face_weight"], "physiology": self.cfg["fusion"]["physiology_weight"]}
+        weights = fusion.source_weights(self.cfg["fusion"])
         fused, sources = fused_distribution(face, features, model, emotions, weights)
         emotion, confidence = fusion.decide(fused, emotions, self.cfg["detect"]["uncertain_below"])
         if self.hw.camera is None:

@@ -5,13 +5,14 @@ version 0x0002) and Seeed's grove.py (grove/adc.py), which reads every register 
 little-endian word:
     0x00  product id          0x0004 = Grove Base Hat for Raspberry Pi, 0x0005 = the Pi Zero hat
     0x01  vendor id           0x2886 (Seeed)
-    0x02  firmware version    0x0001 on the first firmware, 0x0002 since the ratio registers
+    0x02  firmware version    0x0002 now; 0x0001 on the earlier builds
     0x03  name                one character per read ("GROVE BASE HAT RPI"), then 0
     0x10+ch raw 12-bit reading (0..4095) of channel ch
     0x20+ch input voltage in millivolts, computed by the firmware as VDDA * raw / 4096
-    0x29  the supply (VDDA) in millivolts (grove.py: "output voltage (Grove power supply voltage)")
-    0x30+ch ratio of input voltage to the supply in 0.1 % steps, 0..1000 (capped at 1000)
-    0x40  VDDA in millivolts (firmware 0x0002)
+    0x29  channel 9: the supply in millivolts (grove.py: "output voltage (Grove power supply voltage)");
+          VDDA on 0x0002, measured through a divider by some 0x0001 builds
+    0x30+ch ratio of input voltage to that supply in 0.1 % steps, 0..1000 (capped at 1000)
+    0x40  VDDA, the ADC's reference, in millivolts (0x0002)
 Registers the firmware does not know read 0. The MCU configures the analog pins without pulls, so an
 unplugged input floats: it reads noise, not 0 (pi.physiology.presence tells the two apart).
 The hat answers at 0x04 (STM32 firmware) or 0x08 (MM32 firmware, same register map); we probe both
@@ -52,8 +53,11 @@ CHANNELS = 8
 FULL_SCALE = 4095
 NOMINAL_SUPPLY_MV = 3300
 # Measured VDDA moves by a few millivolts from one conversion loop to the next; a voltage this far above
-# the supply read at start-up is a corrupt transfer, not a reading.
+# the VDDA read at start-up is a corrupt transfer, not a reading.
 SUPPLY_TOLERANCE_MV = 60
+# The first firmware builds (0x0001) computed the voltage against a fixed 3300 mV and doubled it for an
+# input divider on the Raspberry Pi hat: nothing they report can exceed twice the reference.
+LEGACY_MAX_VOLTAGE_MV = 2 * NOMINAL_SUPPLY_MV
 I2C_HINT = ("is I2C enabled (raspi-config > Interface Options > I2C), is the hat seated, and is the "
             "address right (i2cdetect -y 1 shows 04 or 08)?")
 
@@ -97,7 +101,7 @@ class GroveBaseHatADC:
         self.name = PRODUCT_IDS[self.product_id]
         self.vendor_id = self.read_register(REGISTERS.vendor_id)
         self.version = self.read_register(REGISTERS.version)
-        self.supply_mv = self._read_supply()
+        self.supply_mv, self.max_voltage_mv = self._read_supply()
         log.info("%s at %#04x: vendor %#06x, firmware %#06x, supply %d mV", self.name, self.address,
                  self.vendor_id, self.version, self.supply_mv)
 
@@ -115,17 +119,20 @@ class GroveBaseHatADC:
             seen.append(f"{addr:#04x}: product id {pid:#06x} is not a Grove Base Hat")
         raise HatNotFoundError(f"no Grove Base Hat found ({'; '.join(seen)}); {I2C_HINT}")
 
-    def _read_supply(self) -> int:
-        """VDDA from register 0x29; the first firmware (0x0001) has no such register and reads 0."""
-        mv = self.read_register(REGISTERS.supply_voltage)
+    def _read_supply(self) -> tuple[int, int]:
+        """(VDDA, the largest voltage reading the firmware can report) in millivolts.
+
+        Firmware 0x0002 reports VDDA at 0x40, and its voltages are VDDA * raw / 4096. Earlier builds have
+        no such register (it reads 0): their voltages are bounded by LEGACY_MAX_VOLTAGE_MV.
+        """
+        mv = self.read_register(REGISTERS.vdda) if self.version >= 0x0002 else 0
         if mv == 0:
-            log.info("firmware %#06x reports no supply voltage; assuming the nominal %d mV",
-                     self.version, NOMINAL_SUPPLY_MV)
-            return NOMINAL_SUPPLY_MV
+            log.info("firmware %#06x reports no VDDA; assuming the nominal %d mV", self.version, NOMINAL_SUPPLY_MV)
+            return NOMINAL_SUPPLY_MV, LEGACY_MAX_VOLTAGE_MV
         if not 2000 <= mv <= 3600:  # the MCU's VDDA range
-            raise ImplausibleReadingError(f"the hat reports a supply of {mv} mV (register 0x29), "
-                                          "outside the MCU's 2000-3600 mV")
-        return mv
+            raise ImplausibleReadingError(f"the hat reports VDDA {mv} mV (register 0x40), outside the MCU's "
+                                          "2000-3600 mV")
+        return mv, mv + SUPPLY_TOLERANCE_MV
 
     def _read_word(self, address: int, register: int) -> int:
         low, high = self.bus.read_i2c_block_data(address, register, 2)
@@ -137,11 +144,10 @@ class GroveBaseHatADC:
         if base == REGISTERS.raw_base and channel < CHANNELS and value > FULL_SCALE:
             raise ImplausibleReadingError(f"raw reading {value:#06x} at register {register:#04x} is over "
                                           f"the 12-bit full scale {FULL_SCALE}")
-        limit = getattr(self, "supply_mv", None)
-        if (base == REGISTERS.voltage_base and channel < CHANNELS and limit is not None
-                and value > limit + SUPPLY_TOLERANCE_MV):
+        limit = getattr(self, "max_voltage_mv", None)  # None while the supply itself is being read
+        if base == REGISTERS.voltage_base and channel < CHANNELS and limit is not None and value > limit:
             raise ImplausibleReadingError(f"voltage {value} mV at register {register:#04x} is over the "
-                                          f"hat's {limit} mV supply")
+                                          f"hat's {self.supply_mv} mV supply")
 
     def read_register(self, register: int) -> int:
         """Read one 16-bit register, retrying transient bus errors and corrupt words.

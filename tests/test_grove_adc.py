@@ -40,7 +40,8 @@ def test_identity_registers_answer_like_the_firmware():
     assert adc.vendor_id == 0x2886 and adc.version == 0x0002 and adc.supply_mv == 3300
     assert (0x04, 0x01, 2, [0x86, 0x28]) in bus.transactions  # vendor id, little-endian
     assert (0x04, 0x02, 2, [0x02, 0x00]) in bus.transactions  # firmware version 0x0002
-    assert (0x04, 0x29, 2, [0xE4, 0x0C]) in bus.transactions  # supply 3300 mV
+    assert (0x04, 0x40, 2, [0xE4, 0x0C]) in bus.transactions  # VDDA 3300 mV
+    assert adc.read_register(REGISTERS.supply_voltage) == 3300  # channel 9 is VDDA on firmware 0x0002
     name = []
     assert adc.read_register(REGISTERS.name) == 0  # the first read rewinds the name cursor
     while (c := adc.read_register(REGISTERS.name)) != 0:
@@ -90,6 +91,16 @@ def test_raw_over_full_scale_is_a_bus_error_not_a_reading():
     bus.corrupt_next(3, 0x1000)  # 4096, persistently
     with pytest.raises(ImplausibleReadingError, match="over the 12-bit full scale"):
         adc.read_raw(0)
+
+
+def test_first_firmware_without_vdda_register_gets_its_own_voltage_bound():
+    bus = SimulatedSMBus(firmware_version=0x0001)
+    bus.connect(0, lambda t: 1000.0)
+    adc = GroveBaseHatADC(bus)
+    assert adc.supply_mv == 3300 and adc.max_voltage_mv == 6600  # it doubled readings for a divider
+    assert 0x40 not in [reg for _, reg, _, _ in bus.transactions]
+    assert adc.read_raw(0) == 620 and adc.read_voltage_mv(0) == 999  # the divider halves, the firmware doubles
+    assert adc.read_ratio(0) == 0  # no ratio registers yet
 
 
 def test_voltage_over_the_supply_is_a_bus_error_not_a_reading():

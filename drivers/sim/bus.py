@@ -5,6 +5,10 @@ the input over VDDA in 4096 steps (at most 4095); the voltage register is comput
 VDDA * raw / 4096 (integer millivolts), the ratio register as 1000 * voltage / VDDA (capped at 1000);
 0x29 and 0x40 read VDDA; vendor id 0x2886 at 0x01, version 0x0002 at 0x02; unknown registers read 0.
 
+`firmware_version=0x0001` gives the first build instead (750549f in Seeed's repository): no 0x29, ratio or
+VDDA registers (they read 0), a fixed 3300 mV reference, and on the Raspberry Pi hat an input divider
+that halves the input, which the firmware doubles back in the voltage register.
+
 Analog inputs are callables `source(t) -> millivolts` evaluated at read time on the simulation clock, so
 the registers always hold the value of the signal "now", as the continuously converting ADC does. The
 firmware configures the pins without pulls, so an input with no source floats: it reads a wandering level
@@ -99,16 +103,26 @@ class SimulatedSMBus:
             raise ValueError(f"channel must be 0..{CHANNELS - 1}")
 
     # -- the firmware --------------------------------------------------------------------------------
+    @property
+    def _legacy(self) -> bool:
+        return self.firmware_version < 0x0002
+
+    @property
+    def _divider(self) -> int:
+        return 2 if self._legacy and self.product_id == 0x0004 else 1
+
     def _raw(self, channel: int) -> int:
         source = self.sources.get(channel)
         if source is None:
             source = self.sources[channel] = FloatingInput(self.vdda_mv, seed=self.seed * 16 + channel)
         now = self.clock.monotonic() if self.clock is not None else 0.0
-        mv = min(max(source(now), 0.0), float(self.vdda_mv))
-        return min(int(mv / self.vdda_mv * (FULL_SCALE + 1)), FULL_SCALE)
+        mv = min(max(source(now), 0.0), float(self.vdda_mv)) / self._divider
+        reference = 3300 if self._legacy else self.vdda_mv
+        return min(int(mv / reference * (FULL_SCALE + 1)), FULL_SCALE)
 
     def _voltage(self, channel: int) -> int:
-        return self.vdda_mv * self._raw(channel) // (FULL_SCALE + 1)
+        reference = 3300 if self._legacy else self.vdda_mv
+        return self._divider * reference * self._raw(channel) // (FULL_SCALE + 1)
 
     def _register(self, register: int) -> int:
         r = REGISTERS
@@ -124,9 +138,11 @@ class SimulatedSMBus:
                 return 0
             char, self._name = self._name[0], self._name[1:]
             return ord(char)
+        base, channel = register & 0xF0, register & 0x0F
+        if self._legacy and (register in (r.supply_voltage, r.vdda) or base == r.ratio_base):
+            return 0
         if register in (r.supply_voltage, r.vdda):
             return self.vdda_mv
-        base, channel = register & 0xF0, register & 0x0F
         if channel >= CHANNELS:  # 0x18/0x28/0x38 are unwired, 0x19 is the board-probe pin (grounded)
             return 0
         if base == r.raw_base:

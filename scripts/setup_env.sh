@@ -14,6 +14,8 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need="$nee
 command -v mosquitto_sub >/dev/null 2>&1 || need="$need mosquitto-clients"
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need="$need python3-venv"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
+# tests/test_systemd.py checks the unit with systemd-analyze (verify, security --offline)
+command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
 if [ -n "$need" ]; then
   echo ">> apt-get install$need"
   $SUDO apt-get update -qq

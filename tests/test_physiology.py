@@ -3,8 +3,9 @@ import pytest
 
 from drivers.beat_input import GpioBeatInput
 from drivers.grove_adc import GroveBaseHatADC
+from drivers.gsr import GsrSensor
 from drivers.sim.bus import SimulatedSMBus
-from drivers.sim.person import SimulatedPerson
+from drivers.sim.person import SHORTEST_PLAUSIBLE_PULSE_S, SimulatedPerson
 from pi.physiology.beat_rate import BeatRateEstimator
 from pi.physiology.sampler import HeartInput, Sampler
 
@@ -121,3 +122,98 @@ def test_estimator_recovers_from_a_doubled_reference():
         estimator.add_beat(t)
         t += 0.8
     assert estimator.rate(t).bpm == pytest.approx(75, abs=1)
+
+
+def make_fast_chain(clock, person, rate_hz=200, gsr_rate_hz=50):
+    bus = SimulatedSMBus(clock=clock)
+    person.attach(bus, 0, 4)
+    adc = GroveBaseHatADC(bus, retry_delay_s=0)
+    heart = HeartInput("adc", BeatRateEstimator(30, 220, 10), rate_hz, 1650, 200)
+    records = []
+    sampler = Sampler(adc, person.gsr, heart, clock, rate_hz, 0, 4, on_second=records.append,
+                      gsr_rate_hz=gsr_rate_hz)
+    return sampler, bus, records
+
+
+@pytest.mark.parametrize("bpm", [45, 120, 200])
+def test_heart_channel_at_200_hz_catches_the_shortest_plausible_pulse(manual_clock, bpm):
+    """A 10 ms beat pulse always holds a 200 Hz sample (5 ms apart), whatever its phase."""
+    person = SimulatedPerson("neutral", seed=bpm, bpm=bpm, glitch_prob=0.0,
+                             pulse_width_s=SHORTEST_PLAUSIBLE_PULSE_S)
+    sampler, _, records = make_fast_chain(manual_clock, person)
+    run_seconds(sampler, manual_clock, 30, rate_hz=200)
+    settled = [r.bpm for r in records[12:]]
+    assert all(b is not None and abs(b - bpm) <= 2.0 for b in settled), settled
+    assert all(r.hr_quality >= 0.9 for r in records[12:])
+    assert all(r.samples == 200 for r in records)
+
+
+def test_50_hz_steps_over_the_shortest_plausible_pulse(manual_clock):
+    """Why the heart channel is sampled faster: at 50 Hz most 10 ms pulses fall between samples."""
+    person = SimulatedPerson("neutral", seed=5, bpm=70, glitch_prob=0.0, pulse_width_s=SHORTEST_PLAUSIBLE_PULSE_S)
+    sampler, _, records = make_chain(manual_clock, person, rate_hz=50.0)
+    run_seconds(sampler, manual_clock, 30)
+    assert sum(r.bpm is not None and abs(r.bpm - 70) <= 2 for r in records[12:]) < len(records[12:]) / 2
+
+
+def test_gsr_is_read_at_its_own_slower_rate(manual_clock):
+    person = SimulatedPerson("neutral", seed=1, baseline_us=5.0)
+    sampler, bus, records = make_fast_chain(manual_clock, person)
+    run_seconds(sampler, manual_clock, 3, rate_hz=200)
+    registers = [reg for _, reg, _, _ in bus.transactions]
+    assert registers.count(0x10) == 150 and registers.count(0x24) == 600  # 50 Hz GSR raw, 200 Hz heart mV
+    assert records[-1].contact == 1.0 and records[-1].skin_conductance == pytest.approx(
+        person.conductance_us(2.5), rel=0.08)
+    with pytest.raises(ValueError, match="divide"):
+        Sampler(sampler.adc, person.gsr, sampler.heart, manual_clock, 200, gsr_rate_hz=60)
+
+
+def test_unplugged_gsr_is_no_sensor_not_false_contact(manual_clock, caplog):
+    person = SimulatedPerson("neutral", seed=6, bpm=70)
+    sampler, bus, records = make_fast_chain(manual_clock, person)
+    run_seconds(sampler, manual_clock, 12, rate_hz=200)
+    assert records[-1].quality == "ok"
+    bus.disconnect(0)  # GSR unplugged: A0 floats
+    run_seconds(sampler, manual_clock, 10, rate_hz=200)
+    floating = records[13:]
+    assert all(r.sensor == "gsr_not_connected" and r.quality == "no_sensor" for r in floating)
+    assert all(r.contact == 0.0 and r.skin_conductance is None for r in floating)
+    assert all(r.bpm is not None for r in floating)  # the ear clip still works
+    assert "reads like an unplugged, floating pin" in caplog.text
+
+
+def test_unplugged_ear_clip_is_no_sensor_not_false_beats(manual_clock):
+    person = SimulatedPerson("neutral", seed=8, bpm=70)
+    sampler, bus, records = make_fast_chain(manual_clock, person)
+    run_seconds(sampler, manual_clock, 12, rate_hz=200)
+    assert records[-1].bpm is not None
+    bus.disconnect(4)  # ear clip unplugged: A4 floats and crosses the threshold at random
+    run_seconds(sampler, manual_clock, 15, rate_hz=200)
+    floating = records[13:]
+    assert all(r.sensor == "heart_not_connected" and r.quality == "no_sensor" and r.bpm is None
+               for r in floating)
+    assert all(r.skin_conductance is not None for r in floating)
+    assert sampler.heart.estimator.rate(manual_clock.t).bpm is None  # no noise reached the estimator
+
+
+def test_both_unplugged_and_a_connected_clip_without_pulse(manual_clock):
+    person = SimulatedPerson("neutral", seed=9, bpm=70, finger_off_every_s=40, finger_off_s=20)
+    sampler, bus, records = make_fast_chain(manual_clock, person)
+    run_seconds(sampler, manual_clock, 35, rate_hz=200)
+    # finger off from 20 s: the clip's line sits low with no edges -> no pulse, but a sensor is there
+    assert all(r.sensor == "ok" and r.quality == "no_contact" for r in records[22:35])
+    bus.disconnect(0)
+    bus.disconnect(4)
+    run_seconds(sampler, manual_clock, 5, rate_hz=200)
+    assert all(r.sensor == "not_connected" and r.quality == "no_sensor" for r in records[36:])
+
+
+def test_simulated_bus_without_sources_floats_on_every_channel(manual_clock):
+    bus = SimulatedSMBus(clock=manual_clock)
+    adc = GroveBaseHatADC(bus, retry_delay_s=0)
+    heart = HeartInput("adc", BeatRateEstimator(30, 220, 10), 200, 1650, 200)
+    records = []
+    sampler = Sampler(adc, GsrSensor(), heart, manual_clock, 200, 0, 4, on_second=records.append,
+                      gsr_rate_hz=50)
+    run_seconds(sampler, manual_clock, 5, rate_hz=200)
+    assert all(r.sensor == "not_connected" and r.bpm is None and r.contact == 0.0 for r in records)

@@ -3,7 +3,10 @@
 Skin conductance = tonic level (person's baseline x the emotion's arousal, slow drift) + phasic skin
 conductance responses (Poisson events, bi-exponential shape, rate and size rising with arousal) + noise.
 The heart beats at the emotion's rate (plus the person's offset, beat-to-beat variability and a slow
-respiratory swing); the ear clip outputs a ~80 ms high pulse per beat, with occasional spurious pulses.
+respiratory swing); the ear clip outputs a high pulse per beat (`pulse_width_s`, 80 ms unless told), with
+occasional spurious pulses. Seeed documents the module only as "a high pulse when beating" read by an
+interrupt on the rising edge; the width is not published, hence the parameter (tests run the ADC path
+on the shortest plausible pulse, SHORTEST_PLAUSIBLE_PULSE_S).
 Finger-off episodes put both sensors out of contact. Everything is a function of simulated time on the
 given clock and of the seed, so runs are reproducible.
 """
@@ -43,6 +46,9 @@ PROFILES = {
 PULSE_HIGH_MV = 3100.0
 PULSE_LOW_MV = 30.0
 PULSE_WIDTH_S = 0.08
+# The narrowest beat pulse the ADC path is designed to catch (heart channel at 200 Hz: every 10 ms pulse
+# holds at least one sample, with the sampler's tick jitter). Spurious pulses are narrower still.
+SHORTEST_PLAUSIBLE_PULSE_S = 0.010
 
 
 class SimulatedPerson:
@@ -51,7 +57,9 @@ class SimulatedPerson:
     def __init__(self, emotion: str = "neutral", seed: int = 0, *, baseline_us: float | None = None,
                  hr_offset: float | None = None, bpm: float | None = None, finger_off_every_s: float = 0.0,
                  finger_off_s: float = 4.0, glitch_prob: float = 0.02, vref_mv: float = 3300.0,
-                 gsr: GsrSensor | None = None):
+                 gsr: GsrSensor | None = None, pulse_width_s: float = PULSE_WIDTH_S):
+        if not 0 < pulse_width_s < 0.25:
+            raise ValueError(f"pulse_width_s must be in (0, 0.25) s, got {pulse_width_s}")
         self.rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
         self.baseline_us = baseline_us if baseline_us is not None else float(self.rng.uniform(2.0, 8.0))
@@ -61,6 +69,7 @@ class SimulatedPerson:
         self.finger_off_s = finger_off_s
         self.glitch_prob = glitch_prob
         self.vref_mv = vref_mv
+        self.pulse_width_s = pulse_width_s
         self.gsr = gsr or GsrSensor()
         self.drift_phase = float(self.rng.uniform(0, 2 * math.pi))
         self.set_emotion(emotion)
@@ -133,12 +142,13 @@ class SimulatedPerson:
             return PULSE_LOW_MV
         with self._lock:
             self._generate(t + 2.0)
-            high = self._pulse_at(self._beats, t) or self._pulse_at(self._glitches, t, width=0.03)
+            high = (self._pulse_at(self._beats, t, self.pulse_width_s)
+                    or self._pulse_at(self._glitches, t, min(0.03, self.pulse_width_s)))
         noise = float(self.rng.normal(0, 15))
         return (PULSE_HIGH_MV if high else PULSE_LOW_MV) + noise
 
     @staticmethod
-    def _pulse_at(times: list[float], t: float, width: float = PULSE_WIDTH_S) -> bool:
+    def _pulse_at(times: list[float], t: float, width: float) -> bool:
         i = bisect.bisect_right(times, t) - 1
         return i >= 0 and t - times[i] < width
 

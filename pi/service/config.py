@@ -149,7 +149,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "retries": Field("int", 3, "retries of a failed register read", min=0, max=10),
     },
     "sampling": {
-        "rate_hz": Field("float", 50.0, "samples per second per channel", min=10, max=500),
+        "rate_hz": Field("float", 200.0, "samples per second of the heart channel (the sampler's tick): 200 Hz "
+                         "puts a sample in every beat pulse of 10 ms or more", min=10, max=500),
+        "gsr_rate_hz": Field("float", 50.0, "samples per second of the GSR channel; must divide rate_hz",
+                             min=1, max=500),
     },
     "gsr": {
         "channel": Field("int", 0, "ADC channel of the GSR sensor (A0)", min=0, max=7),
@@ -168,6 +171,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "min_bpm": Field("float", 30.0, "slowest plausible heart rate", min=20, max=100),
         "max_bpm": Field("float", 220.0, "fastest plausible heart rate", min=100, max=300),
         "window_s": Field("float", 10.0, "seconds of beats behind each BPM figure", min=3, max=60),
+    },
+    "gpio": {
+        "pin_factory": Field("str", "lgpio", "gpiozero back end for the button and heart.source gpio: lgpio "
+                             "(python3-lgpio, Raspberry Pi OS bookworm), rpigpio (python3-rpi.gpio), pigpio "
+                             "(python3-pigpio + pigpiod) or native; --simulate always uses gpiozero's mock "
+                             "pins. A missing back end stops start-up with the package to install",
+                             choices=("lgpio", "rpigpio", "pigpio", "native", "mock")),
     },
     "camera": {
         "backend": Field("str", "opencv", "opencv, picamera2 or none", choices=("opencv", "picamera2", "none")),
@@ -320,6 +330,10 @@ def _cross_checks(cfg: dict) -> dict[str, str]:
     problems = {}
     if cfg["heart"]["min_bpm"] >= cfg["heart"]["max_bpm"]:
         problems["heart.min_bpm"] = "must be below heart.max_bpm"
+    every = cfg["sampling"]["rate_hz"] / cfg["sampling"]["gsr_rate_hz"]
+    if every < 1 or abs(every - round(every)) > 1e-9:
+        problems["sampling.gsr_rate_hz"] = (f"must divide sampling.rate_hz ({cfg['sampling']['rate_hz']:g}) "
+                                            "evenly, e.g. 50 of 200")
     if cfg["heart"]["source"] != "gpio" and cfg["heart"]["channel"] == cfg["gsr"]["channel"]:
         problems["heart.channel"] = "must differ from gsr.channel"
     heart, button = cfg["heart"], cfg["button"]

@@ -1,7 +1,9 @@
 """Builds the drivers from a validated config: real ones on a Pi, simulated ones with --simulate.
 
 The simulated hat, person, camera and button go through the same driver classes as the real devices;
-only the bus, the pin factory and the camera object differ.
+only the bus, the pin factory and the camera object differ. On real hardware the GPIO back end is the one
+`gpio.pin_factory` names, built before anything else so that a missing one stops start-up (exit 3) with
+the package to install, instead of gpiozero quietly falling back to a back end that cannot see the pins.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from drivers.camera import OpenCVCamera, Picamera2Camera
 from drivers.grove_adc import GroveBaseHatADC, open_bus
 from drivers.gsr import GsrSensor
+from drivers.pins import make_pin_factory
 from drivers.sim.bus import SimulatedSMBus
 from drivers.sim.camera import SimulatedCamera
 from drivers.sim.person import SimulatedPerson
@@ -22,6 +25,11 @@ from pi.physiology.beat_rate import BeatRateEstimator
 from pi.physiology.sampler import HeartInput, Sampler
 
 log = logging.getLogger(__name__)
+
+# A sped-up simulated clock multiplies the sampler's real tick rate; past this many real ticks a second
+# Python cannot keep the schedule (ticks get skipped), so a fast simulation samples the heart channel at
+# the GSR rate instead. The simulated beat pulse (80 ms) is caught at that rate; real time is unaffected.
+SIM_MAX_REAL_TICKS_PER_S = 1000.0
 
 
 @dataclass
@@ -36,6 +44,7 @@ class Hardware:
     pin_factory: object | None
     person: SimulatedPerson | None = None
     gpio_beats: object | None = None
+    owns_pin_factory: bool = False
 
     @property
     def simulated(self) -> bool:
@@ -48,11 +57,17 @@ class Hardware:
         if self.camera is not None:
             self.camera.close()
         self.bus.close()
+        if self.owns_pin_factory and self.pin_factory is not None:
+            self.pin_factory.close()
 
 
 def build(cfg: dict, simulate: bool, bus=None, pin_factory=None, camera=None) -> Hardware:
     """Open (or simulate) the hat, the heart input, the camera and the GPIO pin factory."""
     sim = cfg["sim"]
+    owns_pin_factory = False
+    if not simulate and pin_factory is None and needs_gpio(cfg):
+        pin_factory = make_pin_factory(cfg["gpio"]["pin_factory"])  # PinFactoryError: exit 3, says what to install
+        owns_pin_factory = True
     clock = SimClock(sim["speed"]) if simulate else Clock()
     gsr = GsrSensor(cfg["gsr"]["no_contact_reading"], cfg["gsr"]["contact_margin"])
     person = None
@@ -72,18 +87,36 @@ def build(cfg: dict, simulate: bool, bus=None, pin_factory=None, camera=None) ->
     adc = GroveBaseHatADC(bus, cfg["i2c"]["address"], retries=cfg["i2c"]["retries"])
     hc = cfg["heart"]
     estimator = BeatRateEstimator(hc["min_bpm"], hc["max_bpm"], hc["window_s"])
-    heart = HeartInput(hc["source"], estimator, cfg["sampling"]["rate_hz"], hc["threshold_mv"],
-                       hc["hysteresis_mv"])
+    rate_hz, gsr_rate_hz = sampling_rates(cfg, simulate)
+    heart = HeartInput(hc["source"], estimator, rate_hz, hc["threshold_mv"], hc["hysteresis_mv"])
     gpio_beats = None
     if hc["source"] == "gpio":
         from drivers.beat_input import GpioBeatInput
 
         gpio_beats = GpioBeatInput(hc["gpio_pin"], estimator.add_beat, clock, pin_factory)
-    sampler = Sampler(adc, gsr, heart, clock, cfg["sampling"]["rate_hz"], cfg["gsr"]["channel"], hc["channel"])
+    sampler = Sampler(adc, gsr, heart, clock, rate_hz, cfg["gsr"]["channel"], hc["channel"],
+                      gsr_rate_hz=gsr_rate_hz)
     camera_name = "injected"
     if camera is None:
         camera, camera_name = open_camera(cfg, simulate, clock, person)
-    return Hardware(clock, bus, adc, sampler, heart, camera, camera_name, pin_factory, person, gpio_beats)
+    return Hardware(clock, bus, adc, sampler, heart, camera, camera_name, pin_factory, person, gpio_beats,
+                    owns_pin_factory)
+
+
+def needs_gpio(cfg: dict) -> bool:
+    """Whether anything configured uses a GPIO pin (the button, or the ear clip on heart.source gpio)."""
+    return bool(cfg["button"]["enabled"]) or cfg["heart"]["source"] == "gpio"
+
+
+def sampling_rates(cfg: dict, simulate: bool) -> tuple[float, float]:
+    """The sampler's tick (heart-channel) rate and GSR rate; a sped-up simulation ticks at the GSR rate."""
+    rate_hz, gsr_rate_hz = cfg["sampling"]["rate_hz"], cfg["sampling"]["gsr_rate_hz"]
+    speed = cfg["sim"]["speed"]
+    if simulate and rate_hz * speed > SIM_MAX_REAL_TICKS_PER_S and rate_hz > gsr_rate_hz:
+        log.info("sim.speed %g: sampling the simulated heart channel at %g Hz, not %g (%g real ticks a second "
+                 "would be more than the loop keeps up with)", speed, gsr_rate_hz, rate_hz, rate_hz * speed)
+        return gsr_rate_hz, gsr_rate_hz
+    return rate_hz, gsr_rate_hz
 
 
 def open_camera(cfg: dict, simulate: bool, clock, person) -> tuple[object | None, str]:

@@ -5,7 +5,13 @@ callback thread, on the clock the caller passes, so no pulse is lost between ADC
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol
+
+
+class BeatInputLike(Protocol):
+    """A source of beat edges that calls back on its own; the device only has to close it."""
+
+    def close(self) -> None: ...
 
 
 class GpioBeatInput:

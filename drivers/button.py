@@ -5,7 +5,13 @@ The pin factory is passed in: gpiozero's real factory on a Pi, its MockFactory i
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
+
+
+class ButtonLike(Protocol):
+    """What the daemon needs of a button once it is wired: to let go of its pin."""
+
+    def close(self) -> None: ...
 
 
 class DetectButton:

@@ -13,9 +13,16 @@ directory read-only).
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Protocol
 
 from drivers.errors import PinFactoryError
+
+
+class PinFactoryLike(Protocol):
+    """A gpiozero pin factory (lgpio, mock, ...): gpiozero's Factory has no typed interface of its own."""
+
+    def close(self) -> None: ...
+
 
 # what to install on Raspberry Pi OS (bookworm) for each back end
 APT_PACKAGES = {

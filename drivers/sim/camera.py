@@ -71,7 +71,7 @@ class SimulatedCamera:
         cv2 = self._cv2
         frame = self._scene()
         emotion = self.emotion()
-        if self.classes is None or emotion not in self.classes:
+        if self._images is None or self._labels is None or self.classes is None or emotion not in self.classes:
             self.last_label = self.last_box = None
             return frame
         candidates = np.flatnonzero(self._labels == self.classes.index(emotion))

@@ -50,7 +50,7 @@ def pool(sources: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.
     """Weighted log-linear pooling of distributions over the same emotions; None with no source."""
     if not sources:
         return None
-    log_p = sum(weights.get(name, 1.0) * log_probabilities(p) for name, p in sources.items())
+    log_p = np.sum([weights.get(name, 1.0) * log_probabilities(p) for name, p in sources.items()], axis=0)
     log_p = log_p - np.max(log_p)
     fused = np.exp(log_p)
     return fused / fused.sum()

@@ -191,7 +191,7 @@ class Sampler:
             else:
                 acc.gsr_samples += 1
                 self.gsr_presence.feed(raw)
-                if reading.contact:
+                if reading.conductance_us is not None:  # set exactly when there is contact
                     acc.contact += 1
                     acc.conductance_sum += reading.conductance_us
         if self.heart.sampled:

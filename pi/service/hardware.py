@@ -12,10 +12,11 @@ import os
 import warnings
 from dataclasses import dataclass
 
-from drivers.camera import OpenCVCamera, Picamera2Camera
-from drivers.grove_adc import GroveBaseHatADC, open_bus
+from drivers.beat_input import BeatInputLike
+from drivers.camera import Camera, OpenCVCamera, Picamera2Camera
+from drivers.grove_adc import GroveBaseHatADC, SMBusLike, open_bus
 from drivers.gsr import GsrSensor
-from drivers.pins import make_pin_factory
+from drivers.pins import PinFactoryLike, make_pin_factory
 from drivers.sim.bus import SimulatedSMBus
 from drivers.sim.camera import SimulatedCamera
 from drivers.sim.person import SimulatedPerson
@@ -34,16 +35,19 @@ SIM_MAX_REAL_TICKS_PER_S = 1000.0
 
 @dataclass
 class Hardware:
+    """Everything the device touches, typed by what it needs of each part, so a simulator or a test double
+    that speaks the same Protocol plugs in where the real device would."""
+
     clock: Clock
-    bus: object
+    bus: SMBusLike
     adc: GroveBaseHatADC
     sampler: Sampler
     heart: HeartInput
-    camera: object | None
+    camera: Camera | None
     camera_name: str
-    pin_factory: object | None
+    pin_factory: PinFactoryLike | None
     person: SimulatedPerson | None = None
-    gpio_beats: object | None = None
+    gpio_beats: BeatInputLike | None = None
     owns_pin_factory: bool = False
 
     @property
@@ -61,7 +65,8 @@ class Hardware:
             self.pin_factory.close()
 
 
-def build(cfg: dict, simulate: bool, bus=None, pin_factory=None, camera=None) -> Hardware:
+def build(cfg: dict, simulate: bool, bus: SMBusLike | None = None, pin_factory: PinFactoryLike | None = None,
+          camera: Camera | None = None) -> Hardware:
     """Open (or simulate) the hat, the heart input, the camera and the GPIO pin factory."""
     sim = cfg["sim"]
     owns_pin_factory = False
@@ -119,7 +124,8 @@ def sampling_rates(cfg: dict, simulate: bool) -> tuple[float, float]:
     return rate_hz, gsr_rate_hz
 
 
-def open_camera(cfg: dict, simulate: bool, clock, person) -> tuple[object | None, str]:
+def open_camera(cfg: dict, simulate: bool, clock: Clock | None, person: SimulatedPerson | None
+                ) -> tuple[Camera | None, str]:
     """The configured camera, or None (with a NoCameraWarning) when there is none to be had."""
     cam = cfg["camera"]
     try:
@@ -129,7 +135,8 @@ def open_camera(cfg: dict, simulate: bool, clock, person) -> tuple[object | None
                 warnings.warn(f"sim.faces {faces} not found; the simulated camera shows an empty scene",
                               EmptySceneWarning, stacklevel=2)
                 faces = None
-            return SimulatedCamera(faces, emotion=lambda: person.emotion, width=cam["width"],
+            feels = (lambda: person.emotion) if person is not None else (lambda: "neutral")
+            return SimulatedCamera(faces, emotion=feels, width=cam["width"],
                                    height=cam["height"], seed=cfg["sim"]["seed"]), "simulated"
         if cam["backend"] == "none":
             return None, "none"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -37,8 +38,9 @@ def free_port() -> int:
 
 
 def start_broker(conf: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(conf.with_suffix(".log"), "ab") as log:  # kept: "Error saving in-memory database" shows here
+        proc = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
+                                stdout=log, stderr=subprocess.STDOUT)
     port = int(conf.read_text().split()[1])
     for _ in range(100):
         try:
@@ -62,9 +64,13 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench_mqtt_"))
     port = free_port()
     conf = tmp / "mosquitto.conf"
-    # persistence keeps the subscriber's session and its queued messages across the restart
+    # persistence keeps the subscriber's session and its queued messages across the restart. Started as
+    # root, Mosquitto drops to its own user, which cannot write its persistence file into our 0700 temporary
+    # directory: the queue then dies with the restart and "lost" would count the harness's loss, not the
+    # device's. So stay root, as the tests' broker fixture does.
+    run_as = "user root\n" if os.geteuid() == 0 else ""
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                    f"persistence_location {tmp}/\nmax_queued_messages 0\n")
+                    f"persistence_location {tmp}/\nmax_queued_messages 0\n{run_as}")
     broker = start_broker(conf)
 
     arrivals: dict[str, list[float]] = {}

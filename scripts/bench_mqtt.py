@@ -26,15 +26,10 @@ import paho.mqtt.client as mqtt
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from pi.clock import Clock  # noqa: E402
+from pi.loopback import free_port  # noqa: E402
 from pi.messaging.outbox import Outbox  # noqa: E402
 from pi.messaging.publisher import make_publisher  # noqa: E402
 from pi.service.config import load  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_broker(conf: Path) -> subprocess.Popen:

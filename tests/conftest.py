@@ -20,17 +20,12 @@ FER_PUBLIC = SHARED / "datasets" / "fer2013" / "fer2013_publictest.npz"
 sys.path.insert(0, str(ROOT))
 
 from pi.clock import ManualClock  # noqa: E402
+from pi.loopback import free_port  # noqa: E402,F401  (tests import it from here)
 
 
 @pytest.fixture
 def manual_clock():
     return ManualClock()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Broker:

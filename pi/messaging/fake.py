@@ -23,7 +23,8 @@ class Handed:
 
 
 class FakeTransport(Transport):
-    def __init__(self, first_mid: int = 1):
+    def __init__(self, first_mid: int = 1, auto_accept: bool = False):
+        self.auto_accept = auto_accept  # connect() succeeds at once (for tests of what sits above)
         self.handed: list[Handed] = []  # data messages, in the order handed over
         self.statuses: list[bytes] = []  # retained status payloads published directly
         self.wills: list[bytes] = []  # the will of every connection attempt, oldest first
@@ -37,7 +38,9 @@ class FakeTransport(Transport):
 
     # -- the Transport interface --------------------------------------------------------------------
     def connect(self) -> None:
-        """Does nothing by itself: a test calls accept()."""
+        """Does nothing by itself (a test calls accept()), unless auto_accept."""
+        if self.auto_accept:
+            self.accept()
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> int | None:
         if self.refuse_publish:

@@ -58,9 +58,9 @@ class TransportListener(Protocol):
 def guarded(what: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     """`fn`, but an exception is logged instead of propagating into the client library's thread."""
 
-    def call(*args: Any) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:  # the AWS SDK passes its ack's mid by keyword
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except Exception:
             log.exception("MQTT %s handler failed (the connection is kept)", what)
             return None

@@ -27,6 +27,7 @@ class FakeTransport(Transport):
         self.auto_accept = auto_accept  # connect() succeeds at once (for tests of what sits above)
         self.handed: list[Handed] = []  # data messages, in the order handed over
         self.statuses: list[bytes] = []  # retained status payloads published directly
+        self.status_mids: list[int] = []  # their message ids (one counter for all messages, as in paho)
         self.wills: list[bytes] = []  # the will of every connection attempt, oldest first
         self.subscriptions: list[list[str]] = []
         self.connected = False
@@ -46,15 +47,21 @@ class FakeTransport(Transport):
         if self.refuse_publish:
             return None
         with self._lock:
-            mid = self._next_mid
-            self._next_mid = mid % 65535 + 1
+            mid = self._take_mid()
             self.handed.append(Handed(mid, topic, bytes(payload), qos, retain))
         if self.ack_inside_publish and qos:
             self.ack(mid)
         return mid
 
     def publish_status(self, topic: str, payload: bytes, wait_s: float = 0.0) -> None:
-        self.statuses.append(bytes(payload))
+        with self._lock:
+            self.status_mids.append(self._take_mid())
+            self.statuses.append(bytes(payload))
+
+    def _take_mid(self) -> int:
+        mid = self._next_mid
+        self._next_mid = mid % 65535 + 1
+        return mid
 
     def subscribe(self, topics: list[str]) -> None:
         self.subscriptions.append(list(topics))

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-45}"
 emotion="${2:-happy}"
 bash scripts/setup_env.sh dev >/dev/null
-port=$(.venv/bin/python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+port=$(.venv/bin/python -m pi.loopback)
 conf=$(mktemp)
 printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$port" > "$conf"
 mosquitto_bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)

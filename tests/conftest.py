@@ -48,17 +48,12 @@ def pytest_collection_modifyitems(items):
 sys.path.insert(0, str(ROOT))
 
 from pi.clock import ManualClock  # noqa: E402
+from pi.loopback import free_port  # noqa: E402,F401  (tests import it from here)
 
 
 @pytest.fixture
 def manual_clock():
     return ManualClock()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Broker:

@@ -1,14 +1,17 @@
-"""Faults done for real: a broker that goes away mid-session, a daemon killed with SIGKILL, a full outbox."""
+"""Faults done for real: a broker that goes away mid-session, a daemon killed with SIGKILL, a full outbox,
+a full disk, a broker that refuses the connection, the last will's stamp."""
 import json
+import logging
 import re
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
-from conftest import ROOT, free_port
+from conftest import ROOT, Broker, free_port
 
 from pi.messaging.outbox import Outbox
 
@@ -22,6 +25,8 @@ def start_cli(*args):
 
 
 @pytest.mark.persistent_broker
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_broker_down_30s_in_a_60s_session_loses_nothing(broker, recorder, tmp_path):
     rec = recorder([TRAIN], persistent_session=True)
     proc = start_cli("collect", "--simulate", "--label", "angry", "--duration", "60", "--set",
@@ -41,6 +46,7 @@ def test_broker_down_30s_in_a_60s_session_loses_nothing(broker, recorder, tmp_pa
     assert "connection lost" in err
 
 
+@pytest.mark.e2e
 def test_sigkill_mid_session_then_restart_delivers_what_was_accepted(broker, recorder, tmp_path):
     dead_port = free_port()  # no broker here: everything accepted stays in the outbox
     proc = start_cli("collect", "--simulate", "--label", "sad", "--duration", "300", "--set", f"mqtt.port={dead_port}",
@@ -94,6 +100,7 @@ def test_full_outbox_drops_oldest_training_records_first_and_counts(tmp_path, ca
     assert len(reopened) == 100 and reopened.dropped == 21  # durable across restarts
 
 
+@pytest.mark.e2e
 def test_second_process_on_the_same_device_is_refused_clearly(broker, tmp_path):
     daemon = start_cli("run", "--simulate", "--set", f"mqtt.port={broker.port}", "--set", f"device.data_dir={tmp_path}")
     try:
@@ -111,6 +118,7 @@ def test_second_process_on_the_same_device_is_refused_clearly(broker, tmp_path):
         daemon.wait(5)
 
 
+@pytest.mark.e2e
 def test_daemon_resubscribes_after_the_broker_restarts(broker, recorder, tmp_path):
     """A broker without persistence forgets subscriptions; the daemon must subscribe again."""
     daemon = start_cli("run", "--simulate", "--set", f"mqtt.port={broker.port}", "--set", f"device.data_dir={tmp_path}",
@@ -146,3 +154,105 @@ def test_oversized_message_is_rejected_before_it_is_stored(tmp_path):
     assert len(box) == 0
     publisher.publish("iotsensors/infer", {"type": "window", "series": [0.1] * 100})
     assert len(box) == 1
+
+
+def _fill_detections(db: sqlite3.Connection) -> None:
+    """The store's disk is full: no page to grow into (max_page_count) and the last pages' room used up,
+    so the next detection gets SQLite's real "database or disk is full"."""
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+    for i in range(100_000):
+        try:
+            db.execute("INSERT INTO detections VALUES (?,?,?,?,?)", (f"ballast-{i}", "u", "t", "w", "r"))
+        except sqlite3.OperationalError as exc:
+            assert "full" in str(exc)
+            return
+
+
+@pytest.mark.e2e
+def test_a_full_disk_costs_the_job_not_the_service(broker, recorder, tmp_path):
+    from pi.service import config
+    from pi.service.daemon import Daemon
+    from pi.service.device import create
+
+    cfg = config.load(None, [f"mqtt.port={broker.port}", "sim.speed=20", f"device.data_dir={tmp_path}",
+                             "detect.window_s=2", "button.enabled=false", "camera.frames_per_window=0"])
+    errors, status = "iotsensors/emotion-pi-01/error", "iotsensors/emotion-pi-01/status"
+    command = "iotsensors/emotion-pi-01/command"
+    rec = recorder([errors, status, "iotsensors/infer/result"])
+    daemon = Daemon(create(cfg, simulate=True))
+    runner = threading.Thread(target=daemon.run, daemon=True)
+    runner.start()
+    try:
+        assert daemon.device.publisher.ready.wait(10)
+        _fill_detections(daemon.device.store._db)
+        rec.publish(command, json.dumps({"command": "detect", "request_id": "on-full-disk"}).encode())
+        assert rec.wait_for(lambda: any("disk is full" in e["error"] for e in rec.on(errors)), 20), rec.messages
+        assert rec.wait_for(lambda: "disk is full" in (rec.on(status)[-1].get("storage_error") or ""), 5)
+        assert rec.on(status)[-1]["state"] == "online"
+        # still answering: a malformed command is rejected with a reason, over the same connection
+        rec.publish(command, b'{"command": "detect", "window_s": 1' + b"0" * 500 + b"}")
+        assert rec.wait_for(lambda: any("501 digits" in e["error"] for e in rec.on(errors)), 10)
+        assert runner.is_alive() and daemon.device.publisher.alive()
+        daemon.device.store._db.execute("PRAGMA max_page_count = 1073741823")  # room again
+        rec.publish(command, json.dumps({"command": "detect", "request_id": "after-full-disk"}).encode())
+        assert rec.wait_for(lambda: any(r["request_id"] == "after-full-disk"
+                                        for r in rec.on("iotsensors/infer/result")), 20)
+        assert rec.wait_for(lambda: rec.on(status)[-1].get("storage_error") is None, 5)
+    finally:
+        daemon.stop_event.set()
+        runner.join(5)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_a_refused_connection_backs_off_to_the_maximum(tmp_path, caplog):
+    """A broker that refuses every connection (here: no anonymous clients). Before, the back-off was reset
+    on every disconnect and the device retried about once a second for ever."""
+    from pi.clock import Clock
+    from pi.messaging.publisher import make_publisher
+    from pi.service.config import load
+
+    b = Broker(tmp_path)
+    b.conf.write_text(b.conf.read_text().replace("allow_anonymous true", "allow_anonymous false"))
+    b.start()
+    try:
+        cfg = load(None, [f"device.data_dir={tmp_path}", f"mqtt.port={b.port}", "mqtt.reconnect_max_delay=4",
+                          "mqtt.username=emotion", "mqtt.password=wrong"])
+        publisher = make_publisher(cfg["mqtt"], "dev", Clock(), Outbox(tmp_path / "o.sqlite"))
+        with caplog.at_level(logging.ERROR):
+            publisher.start(wait_s=0)
+            time.sleep(14)
+            publisher.stop(0)
+        attempts = [r.created for r in caplog.records if "refused the connection" in r.getMessage()]
+        assert "refused the connection" in caplog.text and "wrong" not in caplog.text  # no password in logs
+        gaps = [round(b - a, 1) for a, b in zip(attempts, attempts[1:])]
+        # 1 s (jittered 0.5-1.5 s once the broker has answered), 2, 4, 4: five or six attempts, not fourteen
+        assert len(attempts) <= 6, gaps
+        assert max(gaps) >= 3.5, gaps
+    finally:
+        b.stop()
+
+
+@pytest.mark.e2e
+def test_the_last_will_is_never_older_than_the_last_online(broker, recorder, tmp_path):
+    """Before, the will carried the process start time: after a reconnect the device's last "online" was
+    newer than the "connection lost" that followed it, so a dead device looked alive."""
+    status = "iotsensors/emotion-pi-01/status"
+    rec = recorder([status])
+    daemon = start_cli("run", "--simulate", "--set", f"mqtt.port={broker.port}", "--set", f"device.data_dir={tmp_path}",
+                       "--set", "button.enabled=false", "--set", "mqtt.reconnect_max_delay=2")
+    try:
+        assert rec.wait_for(lambda: any(s["state"] == "online" for s in rec.on(status)), 20)
+        time.sleep(1.5)
+        broker.stop()
+        time.sleep(0.5)
+        broker.start()  # a reconnect: a newer "online"
+        assert rec.wait_for(lambda: sum(s["state"] == "online" for s in rec.on(status)) >= 2, 20)
+        time.sleep(0.5)
+    finally:
+        daemon.send_signal(signal.SIGKILL)  # no clean "offline": the broker publishes the will
+        daemon.wait(5)
+    assert rec.wait_for(lambda: rec.on(status)[-1].get("reason") == "connection lost", 10), rec.on(status)
+    will = rec.on(status)[-1]
+    last_online = [s for s in rec.on(status) if s["state"] == "online"][-1]
+    assert will["state"] == "offline" and will["timestamp"] >= last_online["timestamp"], (will, last_online)

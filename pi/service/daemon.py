@@ -1,5 +1,7 @@
 """`emotion-edge run`: the service. Detections on button presses and MQTT commands, collect sessions on
-command, a systemd watchdog fed from the main loop, a clean stop on SIGTERM within two seconds."""
+command, a systemd watchdog fed from the main loop while the MQTT loop lives, a clean stop on SIGTERM
+within two seconds. A failing job (a full disk included) costs that job and an error message, never the
+service or its connection."""
 from __future__ import annotations
 
 import logging
@@ -7,13 +9,19 @@ import queue
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING, Union
 
 from drivers.sim.button import SimulatedButton
+from pi import sqlite as db_setup
 from pi.errors import CommandError, EmotionEdgeError, HardwareError
 from pi.messaging import messages
-from pi.messaging.commands import Command, Feedback, parse_command, parse_feedback
+from pi.messaging.commands import Collect, Detect, Feedback, Job, Stop, parse_command, parse_feedback
+from pi.messaging.outbox import OutboxError
 from pi.service.device import Device
 from pi.service.systemd import notify, watchdog_interval_s
+
+if TYPE_CHECKING:
+    from drivers.button import DetectButton
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +30,12 @@ class Daemon:
     def __init__(self, device: Device):
         self.device = device
         self.cfg = device.cfg
-        self.jobs: queue.Queue[Command | Feedback] = queue.Queue(maxsize=32)
+        self.jobs: queue.Queue[Job] = queue.Queue(maxsize=32)
         self.stop_event = threading.Event()
         self.session_stop = threading.Event()  # ends a running collect session early
-        self.button = None
+        self.button: Union[DetectButton, SimulatedButton, None] = None
         self.detections = 0
+        self.mqtt_dead = False  # set once the MQTT loop is found dead: the watchdog is no longer fed
 
     # -- inputs --------------------------------------------------------------------------------------
     def on_command(self, payload: bytes) -> None:
@@ -38,7 +47,11 @@ class Daemon:
             log.warning("rejected command: %s", exc)
             self._report_error(str(exc), "command", payload)
             return
-        if command.kind == "stop":
+        except Exception as exc:  # a parser bug must still answer, not vanish into the MQTT thread's log
+            log.exception("rejected command: the parser failed")
+            self._report_error(f"command could not be parsed: {type(exc).__name__}: {exc}", "command", payload)
+            return
+        if isinstance(command, Stop):
             self.session_stop.set()
             return
         self._enqueue(command)
@@ -51,23 +64,32 @@ class Daemon:
             log.warning("rejected feedback: %s", exc)
             self._report_error(str(exc), "feedback", payload)
             return
+        except Exception as exc:
+            log.exception("rejected feedback: the parser failed")
+            self._report_error(f"feedback could not be parsed: {type(exc).__name__}: {exc}", "feedback", payload)
+            return
         self._enqueue(feedback)
 
     def on_button(self) -> None:
         log.info("button pressed")
-        self._enqueue(Command("detect"))
+        self._enqueue(Detect())
 
-    def _enqueue(self, command: Command) -> None:
+    def _enqueue(self, job: Job) -> None:
         try:
-            self.jobs.put_nowait(command)
+            self.jobs.put_nowait(job)
         except queue.Full:
-            self._report_error("busy: 32 jobs already waiting", "command", b"")
+            self._report_error("busy: 32 jobs already waiting", job.kind, b"")
 
     def _report_error(self, error: str, source: str, payload: bytes) -> None:
+        """Through the outbox; when the outbox itself refuses (a full disk), sent directly, best effort."""
         message = messages.error_message(self.device.device_id, self.device.clock.wall(), error, source,
                                          payload[:200].decode("utf-8", "replace"))
+        topic = self.cfg["mqtt"]["error_topic"]
         try:
-            self.device.publisher.publish(self.cfg["mqtt"]["error_topic"], message)
+            self.device.publisher.publish(topic, message)
+        except OutboxError as exc:
+            if not self.device.publisher.publish_direct(topic, message):
+                log.error("could not report an error event (%s), not even directly: %s", error, exc)
         except EmotionEdgeError as exc:
             log.error("could not report an error event: %s", exc)
 
@@ -100,10 +122,17 @@ class Daemon:
         clock = self.device.clock
         last_ping = [0.0]
 
-        def ping() -> None:  # from the main loop and from inside jobs: only a hung loop stops the pings
-            if watchdog is not None and time.monotonic() - last_ping[0] >= watchdog:
-                notify("WATCHDOG=1")
-                last_ping[0] = time.monotonic()
+        def ping() -> None:  # from the main loop and from inside jobs: a hung loop stops the pings, and so
+            # does a dead MQTT loop (a device that is "online" but deaf to commands): systemd restarts us
+            if watchdog is None or time.monotonic() - last_ping[0] < watchdog:
+                return
+            if not self.device.publisher.alive():
+                if not self.mqtt_dead:
+                    self.mqtt_dead = True
+                    log.critical("the MQTT network loop has died; no longer feeding the watchdog")
+                return
+            notify("WATCHDOG=1")
+            last_ping[0] = time.monotonic()
 
         self.device.heartbeat = ping
         started = clock.monotonic()
@@ -130,33 +159,41 @@ class Daemon:
             left = self.device.stop(flush_timeout=1.0)
             log.info("stopped; %d message(s) were not yet acknowledged by the broker", left)
 
-    def _run_job(self, command: Command | Feedback) -> None:
+    def _run_job(self, job: Job) -> None:
+        publisher = self.device.publisher
         try:
-            if isinstance(command, Feedback):
-                report = self.device.apply_feedback(command.request_id, command.label)
-                log.info("feedback for %s: %s", command.request_id, report)
-            elif command.kind == "detect":
-                self.device.detect(command.window_s, command.request_id, stop=self.stop_event)
+            if isinstance(job, Feedback):
+                report = self.device.apply_feedback(job.request_id, job.label)
+                log.info("feedback for %s: %s", job.request_id, report)
+            elif isinstance(job, Detect):
+                self.device.detect(job.window_s, job.request_id, stop=self.stop_event)
                 self.detections += 1
-            elif command.kind == "collect":
+            elif isinstance(job, Collect):
                 self.session_stop.clear()
                 either = _AnyEvent(self.stop_event, self.session_stop)
-                summary = self.device.collect(command.label, command.duration_s, stop=either)
+                summary = self.device.collect(job.label, job.duration_s, stop=either)
                 log.info("collect session %s ended: %d records", summary.session_id, summary.records)
         except EmotionEdgeError as exc:
-            kind = getattr(command, "kind", "feedback")
-            log.error("%s job failed: %s", kind, exc)
-            self._report_error(str(exc), kind, b"")
+            log.error("%s job failed: %s", job.kind, exc)
+            self._report_error(str(exc), job.kind, b"")
         except Exception as exc:  # a bug or a full disk must cost this job, not the service
-            kind = getattr(command, "kind", "feedback")
-            log.exception("%s job failed unexpectedly", kind)
-            self._report_error(f"internal error: {type(exc).__name__}: {exc}", kind, b"")
+            if db_setup.is_disk_full(exc):
+                log.error("%s job failed: the disk is full (%s)", job.kind, exc)
+                publisher.report_storage(f"{job.kind} failed: {exc}")
+                self._report_error(f"{job.kind} failed: the disk is full ({exc})", job.kind, b"")
+            else:
+                log.exception("%s job failed unexpectedly", job.kind)
+                self._report_error(f"internal error: {type(exc).__name__}: {exc}", job.kind, b"")
+        else:
+            if publisher.storage_error is not None:
+                publisher.report_storage(None)  # the job wrote everything it had to: storage works again
 
 
-class _AnyEvent:
-    """Looks like a threading.Event that is set when any of its events is."""
+class _AnyEvent(threading.Event):
+    """A threading.Event that reads as set when any of its events is (only is_set() is combined)."""
 
     def __init__(self, *events: threading.Event):
+        super().__init__()
         self.events = events
 
     def is_set(self) -> bool:

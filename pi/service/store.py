@@ -3,9 +3,10 @@ models can be trained on the device without a cloud."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from pathlib import Path
+
+from pi import sqlite as db_setup
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -30,10 +31,7 @@ class LocalStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = db_setup.connect(self.path, synchronous="NORMAL")  # private files, WAL; see pi.sqlite
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
 

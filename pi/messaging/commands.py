@@ -24,6 +24,9 @@ MAX_DEPTH = 8  # commands are flat; anything nested deeper is refused before the
 MAX_INT_DIGITS = 20
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
+# the longest detection window anyone may ask for (command, CLI, config): the sampler's records are held in memory
+MAX_WINDOW_S = 300.0
+
 
 @dataclass(frozen=True)
 class Detect:
@@ -123,7 +126,7 @@ def _json_object(payload: bytes, what: str) -> dict:
     return obj
 
 
-def parse_command(payload: bytes, labels: list[str], max_window_s: float = 300.0) -> Command:
+def parse_command(payload: bytes, labels: list[str], max_window_s: float = MAX_WINDOW_S) -> Command:
     """Parse one command payload; raise CommandError naming what is wrong."""
     obj = _json_object(payload, "command")
     kind = obj.get("command")

@@ -31,7 +31,7 @@ def train_record(device_id: str, user: str, session_id: str, seq: int, label: st
         "device_id": device_id, "user": user, "session_id": session_id, "seq": seq,
         "timestamp": iso_utc(second.wall), "mood": label,
         "skin_conductance": _round(second.skin_conductance, 4), "bpm": _round(second.bpm, 1),
-        "quality": second.quality, "contact": _round(second.contact, 2),
+        "quality": second.quality, "sensor": second.sensor, "contact": _round(second.contact, 2),
         "hr_quality": _round(second.hr_quality, 2), "i2c_errors": second.i2c_errors,
     }
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from pi.errors import ConfigError, EmotionEdgeError, HardwareError, ImportDataError
+from pi.messaging.commands import MAX_WINDOW_S
 from pi.reports import cli as sleep_cli
 from pi.service import config as config_mod
 from pi.service import output
@@ -124,8 +125,8 @@ def cmd_detect(args) -> int:
     from pi.service.device import create
 
     cfg = load_config(args)
-    if args.window is not None and not 1 <= args.window <= 300:
-        raise ConfigError({"--window": "must be between 1 and 300 seconds"})
+    if args.window is not None and not 1 <= args.window <= MAX_WINDOW_S:
+        raise ConfigError({"--window": f"must be between 1 and {MAX_WINDOW_S:g} seconds"})
     device = create(cfg, args.simulate)
     try:
         device.start()

@@ -19,6 +19,7 @@ import yaml
 
 from pi import resources
 from pi.errors import ConfigError
+from pi.messaging.commands import MAX_WINDOW_S
 from pi.vision.fer import FER_CLASSES
 
 LABEL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -215,7 +216,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
                         "labels a collect session may carry", check=_label_list),
     },
     "detect": {
-        "window_s": Field("float", 10.0, "length of a detection window", min=1, max=300),
+        "window_s": Field("float", 10.0, "length of a detection window", min=1, max=MAX_WINDOW_S),
         "emotions": Field("list", ["happy", "sad", "angry", "neutral"], "emotions a result may name",
                           check=_label_list),
         "uncertain_below": Field("float", 0.4, "confidence under which the result is 'uncertain'",

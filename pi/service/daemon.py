@@ -41,8 +41,7 @@ class Daemon:
     def on_command(self, payload: bytes) -> None:
         """MQTT thread: parse, then queue; bad commands go to the error topic and are otherwise ignored."""
         try:
-            command = parse_command(payload, self.cfg["collect"]["labels"],
-                                    max_window_s=300.0)
+            command = parse_command(payload, self.cfg["collect"]["labels"])
         except CommandError as exc:
             log.warning("rejected command: %s", exc)
             self._report_error(str(exc), "command", payload)

@@ -27,6 +27,9 @@ class Daemon:
         self.session_stop = threading.Event()  # ends a running collect session early
         self.button = None
         self.detections = 0
+        # started after the device, stopped before it (the dashboard and alert hub: pi.web, wired by the CLI)
+        self.services: list = []
+        self.active: tuple[object, float] | None = None  # the job running now, and its clock start
 
     # -- inputs --------------------------------------------------------------------------------------
     def on_command(self, payload: bytes) -> None:
@@ -56,6 +59,18 @@ class Daemon:
     def on_button(self) -> None:
         log.info("button pressed")
         self._enqueue(Command("detect"))
+
+    def submit(self, job: Command | Feedback) -> bool:
+        """Queue an already parsed job from another front end (the dashboard); False when the queue is full."""
+        try:
+            self.jobs.put_nowait(job)
+        except queue.Full:
+            return False
+        return True
+
+    def stop_session(self) -> None:
+        """End a running collect session early, as the MQTT `stop` command does."""
+        self.session_stop.set()
 
     def _enqueue(self, command: Command) -> None:
         try:
@@ -94,6 +109,8 @@ class Daemon:
                                                self.cfg["mqtt"]["feedback_topic"]: self.on_feedback})
         self.attach_button()
         self.device.start()
+        for service in self.services:
+            service.start()
         notify("READY=1")
         log.info("emotion-edge running as %s", self.device.device_id)
         watchdog = watchdog_interval_s()
@@ -125,12 +142,18 @@ class Daemon:
                 self._run_job(command)
         finally:
             notify("STOPPING=1")
+            for service in reversed(self.services):
+                try:
+                    service.stop()
+                except Exception:  # one service failing to stop must not keep the device from stopping
+                    log.exception("stopping %s failed", type(service).__name__)
             if self.button is not None:
                 self.button.close()
             left = self.device.stop(flush_timeout=1.0)
             log.info("stopped; %d message(s) were not yet acknowledged by the broker", left)
 
     def _run_job(self, command: Command | Feedback) -> None:
+        self.active = (command, self.device.clock.monotonic())
         try:
             if isinstance(command, Feedback):
                 report = self.device.apply_feedback(command.request_id, command.label)
@@ -151,6 +174,8 @@ class Daemon:
             kind = getattr(command, "kind", "feedback")
             log.exception("%s job failed unexpectedly", kind)
             self._report_error(f"internal error: {type(exc).__name__}: {exc}", kind, b"")
+        finally:
+            self.active = None
 
 
 class _AnyEvent:

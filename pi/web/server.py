@@ -20,7 +20,6 @@ import re
 import threading
 import time
 from collections import deque
-from http import HTTPStatus
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources

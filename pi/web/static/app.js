@@ -196,7 +196,9 @@
     const xs = rows.map((r) => Date.parse(r.timestamp) / 1000);
     const data = [xs, ...names.map((n) => rows.map((r) => (r.emotion === n ? (r.confidence === null ? 0 : r.confidence) : null)))];
     const opts = {
-      width: chartWidth(node), height: 160, scales: { x: { time: true }, y: { range: [0, 1] } },
+      width: chartWidth(node), height: 160,
+      scales: { x: { time: true, range: (u, lo, hi) => (hi - lo < 600 ? [lo - 300, hi + 300] : [lo - (hi - lo) * 0.03, hi + (hi - lo) * 0.03]) },
+        y: { range: [0, 1] } },
       series: [{}, ...names.map((n, i) => ({ label: n, stroke: COLORS[i % COLORS.length], paths: () => null,
         points: { show: true, size: 9, fill: COLORS[i % COLORS.length] }, value: (u, v) => pct(v) }))],
       axes: [{}, { size: 50, values: (u, vals) => vals.map((v) => `${Math.round(v * 100)}%`) }],

@@ -192,7 +192,7 @@ def test_the_event_stream_sends_seconds_results_and_status(daemon):
     kinds = [k for k, _ in events]
     assert kinds[0] == "status" and kinds.count("second") >= 4 and "result" in kinds, kinds
     second = next(d for k, d in events if k == "second")
-    for key in ("wall", "skin_conductance", "bpm", "contact", "hr_quality", "quality", "arousal", "job"):
+    for key in ("wall", "emitted", "skin_conductance", "bpm", "contact", "hr_quality", "quality", "arousal", "job"):
         assert key in second
     result = next(d for k, d in events if k == "result")
     assert "p_happy" in result and not any("frame" in k and k != "frames" for k in result)

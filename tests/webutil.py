@@ -52,7 +52,7 @@ class Daemon:
         for item in extra:
             args += ["--set", item]
         self.log = data_dir.parent / f"daemon-{self.port}.log"
-        self._log = open(self.log, "w")
+        self._log = open(self.log, "w")  # noqa: SIM115 (the daemon writes to it until stop())
         self.proc = subprocess.Popen([sys.executable, "-m", "pi", *args], cwd=ROOT, stdout=subprocess.PIPE,
                                      stderr=self._log, text=True)
         deadline = time.monotonic() + 40

@@ -146,13 +146,14 @@ def cmd_run(args) -> int:
     from pi.service.daemon import Daemon
     from pi.service.device import create
     from pi.web.hub import Hub
-    from pi.web.server import WebServer
 
     cfg = load_config(args)
     daemon = Daemon(create(cfg, args.simulate))
     hub = Hub(daemon)  # alerts, Home Assistant state and the dashboard's events, with or without the web
     daemon.services.append(hub)
     if cfg["web"]["enabled"]:
+        from pi.web.server import WebServer  # imported only when served: web off costs no HTTP modules
+
         daemon.services.append(WebServer(hub))
     daemon.install_signal_handlers()
     daemon.run(args.max_seconds)

@@ -111,8 +111,9 @@ class Device:
         for q in listeners:
             q.put(record)
 
-    def _listen(self) -> queue.Queue:
-        q: queue.Queue = queue.Queue()
+    def _listen(self, q: queue.Queue | None = None) -> queue.Queue:
+        """Start receiving per-second records on `q` (a new unbounded queue by default)."""
+        q = queue.Queue() if q is None else q
         with self._lock:
             self._listeners.append(q)
         return q

@@ -25,6 +25,14 @@ log = logging.getLogger(__name__)
 HISTORY_S = 120  # seconds of physiology the page shows
 
 
+class _StampedQueue(queue.Queue):
+    """The hub's record queue: each record is stamped with the wall time the sampler handed it over, so the
+    `second` event can say when it was made (`emitted`) and a viewer can measure the latency to itself."""
+
+    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+        super().put((time.time(), item), block, timeout)
+
+
 class Subscriber:
     """One event stream's bounded queue; `dropped` once it fell behind (its stream then ends)."""
 
@@ -73,7 +81,7 @@ class Hub:
             for topic, payload in homeassistant.discovery_messages(self.cfg, pi.__version__):
                 self.device.publisher.publish(topic, payload, retain=True)
             log.info("Home Assistant discovery published under %s/", self.cfg["homeassistant"]["discovery_prefix"])
-        self._records = self.device._listen()
+        self._records = self.device._listen(_StampedQueue())
         self._thread = threading.Thread(target=self._run, name="hub", daemon=True)
         self._thread.start()
 
@@ -146,19 +154,20 @@ class Hub:
         assert self._records is not None
         while not self._stop.is_set():
             try:
-                record = self._records.get(timeout=0.5)
+                stamped = self._records.get(timeout=0.5)
             except queue.Empty:
-                record = None
+                stamped = None
             try:
-                if record is not None:
-                    self._on_second(record)
+                if stamped is not None:
+                    self._on_second(*stamped)
                 self._maybe_status()
                 self._maybe_home_assistant()
             except Exception:  # the hub's bug must not end the live view for good
                 log.exception("hub failed on a record")
 
-    def _on_second(self, record) -> None:
+    def _on_second(self, emitted: float, record) -> None:
         d = {k: _round(v, 4) for k, v in record.as_dict().items()}
+        d["emitted"] = round(emitted, 4)  # wall time the sampler handed the record over
         d["arousal"] = arousal_rule(record.skin_conductance, record.bpm)
         job = self.job()
         d["job"] = job

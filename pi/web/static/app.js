@@ -69,7 +69,7 @@
   }
   function onSecond(rec) {
     ee.received += 1;
-    ee.latency.push(Date.now() / 1000 - rec.wall);
+    ee.latency.push(Date.now() / 1000 - rec.emitted);  // the sampler's hand-over to this page, seconds
     if (ee.latency.length > 2000) ee.latency.shift();
     ee.seconds.push(rec);
     if (ee.seconds.length > HISTORY_S) ee.seconds.shift();

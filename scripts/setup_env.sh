@@ -16,6 +16,11 @@ python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need="$need python3-venv"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
 # tests/test_systemd.py checks the unit with systemd-analyze (verify, security --offline)
 command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
+case ",$extras," in  # the dashboard's browser tests drive Debian's Chromium (not on a Pi's runtime install)
+  *,dev,*|*,test,*)
+    command -v chromium >/dev/null 2>&1 || need="$need chromium"
+    command -v chromedriver >/dev/null 2>&1 || need="$need chromium-driver" ;;
+esac
 if [ -n "$need" ]; then
   echo ">> apt-get install$need"
   $SUDO apt-get update -qq

@@ -1,7 +1,7 @@
 """The layers' one-way rule, checked on the source: a module may import its own layer and the ones below it.
 
     drivers  ->  pi foundation (errors, clock, metrics, resources)  ->  pi.physiology  ->  pi.vision
-             ->  pi.personal (model, fusion, feedback)  ->  pi.messaging  ->  pi.service
+             ->  pi.personal (model, fusion, feedback)  ->  pi.messaging  ->  pi.alerts  ->  pi.service
              ->  tools on the store (pi.ingest, pi.reports, pi.web)  ->  the CLI, which wires them all
 Lazy imports inside functions count too: a lower layer that reaches up, even late, is a cycle in waiting.
 """
@@ -17,6 +17,7 @@ LAYERS = [
     ("pi.vision",),
     ("pi.personal",),
     ("pi.messaging",),
+    ("pi.alerts",),  # alert rules and e-mail: they see results and records, publish through the outbox
     ("pi.service",),
     ("pi.ingest", "pi.reports", "pi.web"),
     ("pi.service.cli", "pi.__main__"),  # the composition root: it registers every tool's sub-commands

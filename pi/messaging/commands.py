@@ -102,7 +102,7 @@ def _depth(text: str) -> int:
     return deepest
 
 
-def _json_object(payload: bytes, what: str) -> dict:
+def json_object(payload: bytes, what: str) -> dict:
     """The payload as a JSON object, or a CommandError saying why it is not one (size checked first)."""
     if len(payload) > MAX_COMMAND_BYTES:
         raise CommandError(f"{what} is {len(payload)} bytes; the limit is {MAX_COMMAND_BYTES}")
@@ -128,7 +128,7 @@ def _json_object(payload: bytes, what: str) -> dict:
 
 def parse_command(payload: bytes, labels: list[str], max_window_s: float = MAX_WINDOW_S) -> Command:
     """Parse one command payload; raise CommandError naming what is wrong."""
-    obj = _json_object(payload, "command")
+    obj = json_object(payload, "command")
     kind = obj.get("command")
     known = {"detect": {"command", "window_s", "request_id"},
              "collect": {"command", "label", "duration_s"}, "stop": {"command"}}
@@ -157,7 +157,7 @@ def parse_command(payload: bytes, labels: list[str], max_window_s: float = MAX_W
 
 def parse_feedback(payload: bytes, labels: list[str]) -> Feedback:
     """A carer's correction: {"request_id": "...", "label": "sad"}; raise CommandError naming the problem."""
-    obj = _json_object(payload, "feedback")
+    obj = json_object(payload, "feedback")
     unknown = set(obj) - {"request_id", "label"}
     if unknown:
         raise CommandError(f"unknown field(s) in feedback: {', '.join(sorted(map(_excerpt, unknown)))}")

@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("version", type=int)
     p.add_argument("--user", default=None)
+    p = sub.add_parser("web-token", help="make a new dashboard token, store it (mode 600) and print it")
+    _common(p)
     p = sub.add_parser("fer-eval", help="evaluate the expression model on a dataset .npz")
     p.add_argument("data", type=Path)
     p.add_argument("--model", type=Path, default=None, help="TFLite file (default: the configured model)")
@@ -144,11 +146,39 @@ def cmd_detect(args) -> int:
 def cmd_run(args) -> int:
     from pi.service.daemon import Daemon
     from pi.service.device import create
+    from pi.web.hub import Hub
 
     cfg = load_config(args)
     daemon = Daemon(create(cfg, args.simulate))
+    hub = Hub(daemon)  # alerts, Home Assistant state and the dashboard's events, with or without the web
+    daemon.services.append(hub)
+    if cfg["web"]["enabled"]:
+        from pi.web.server import WebServer  # imported only when served: web off costs no HTTP modules
+
+        daemon.services.append(WebServer(hub))
     daemon.install_signal_handlers()
     daemon.run(args.max_seconds)
+    return 0
+
+
+def cmd_web_token(args) -> int:
+    """A new strong dashboard token in DATA_DIR/web-token (mode 600), printed once; replaces an old one."""
+    import os
+    import secrets
+
+    cfg = load_config(args)
+    path = config_mod.web_token_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    print(f"stored in {path} (mode 600); restart the service to use it; open the dashboard once as "
+          f"http://<device>:{cfg['web']['port']}/?token=<token>", file=sys.stderr)
+    emit(token)
     return 0
 
 
@@ -214,7 +244,7 @@ def cmd_rollback(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "detect": cmd_detect, "collect": cmd_collect, "check-config": cmd_check_config,
-            "fer-eval": cmd_fer_eval,
+            "fer-eval": cmd_fer_eval, "web-token": cmd_web_token,
             "fit": cmd_fit, "feedback": cmd_feedback, "rollback": cmd_rollback, **sleep_cli.COMMANDS}
 
 
@@ -229,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     level, fmt = "INFO", "json"
+    if args.command == "web-token":  # it makes the token that a non-loopback web.bind would demand
+        args.overrides.append("web.enabled=false")
     try:
         if args.command != "fer-eval":
             cfg = load_config(args)

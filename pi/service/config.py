@@ -91,6 +91,35 @@ def _timezone(value: str) -> str | None:
     return None
 
 
+def _bind_address(value: str) -> str | None:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return f"must be an IP address such as 127.0.0.1 or 0.0.0.0, got {value!r}"
+    return None
+
+
+def _token(value: str) -> str | None:
+    if len(value) < 16 or not re.fullmatch(r"[A-Za-z0-9_.~+/=-]+", value):
+        return "must be at least 16 characters of letters, digits and _ . ~ + / = - (emotion-edge web-token " \
+               "makes one)"
+    return None
+
+
+EMAIL_RE = re.compile(r"^[^@\s<>,;]+@[^@\s<>,;]+$")
+
+
+def _address(value: str) -> str | None:
+    return None if EMAIL_RE.fullmatch(value) else f"must be an e-mail address, got {value!r}"
+
+
+def _address_list(value: list) -> str | None:
+    bad = [v for v in value if not isinstance(v, str) or not EMAIL_RE.fullmatch(v)]
+    return f"must be a list of e-mail addresses, got {bad!r}" if bad else None
+
+
 SCHEMA: dict[str, dict[str, Field]] = {
     "device": {
         "id": Field("str", "emotion-pi-01", "device id: MQTT client id and `device_id` in every message",
@@ -253,6 +282,59 @@ SCHEMA: dict[str, dict[str, Field]] = {
                                 min=0),
         "hat_present": Field("bool", True, "false simulates a Pi without the Grove Base Hat"),
     },
+    "web": {
+        "enabled": Field("bool", True, "serve the carer's dashboard and its JSON API from the daemon"),
+        "bind": Field("str", "127.0.0.1", "address to listen on; anything but loopback needs a token "
+                      "(web.token or `emotion-edge web-token`)", check=_bind_address),
+        "port": Field("int", 8080, "TCP port of the dashboard (0: any free port, logged at start)", min=0,
+                      max=65535),
+        "token": Field("str", None, "bearer token every request must carry; null uses the token file that "
+                       "`emotion-edge web-token` writes in the data directory, if there is one",
+                       nullable=True, secret=True, check=_token),
+        "detect_per_minute": Field("int", 6, "detections the dashboard may start per minute (rate limit)",
+                                   min=1, max=600),
+        "max_clients": Field("int", 32, "live event streams served at once; more are refused with 503",
+                             min=1, max=1000),
+    },
+    "alerts": {
+        "enabled": Field("bool", True, "evaluate the alert rules and publish each firing to alerts.topic"),
+        "topic": Field("str", "iotsensors/{device_id}/alert", "alerts (QoS 1, through the outbox)",
+                       check=_topic),
+        "negative_emotions": Field("list", ["sad", "angry"], "emotions the repeated-negative rule watches",
+                                   check=_label_list),
+        "negative_confidence": Field("float", 0.6, "confidence a result needs to count for that rule",
+                                     min=0, max=1),
+        "negative_consecutive": Field("int", 3, "consecutive such results that fire it (0: rule off)",
+                                      min=0, max=1000),
+        "arousal_high_minutes": Field("float", 5.0, "minutes of high arousal (per-second population rule) "
+                                      "that fire an alert (0: rule off)", min=0, max=1440),
+        "no_contact_minutes": Field("float", 2.0, "minutes without skin contact during a collect session or "
+                                    "detection that fire an alert (0: rule off)", min=0, max=1440),
+        "min_interval_s": Field("float", 600.0, "a rule fires at most once in this many seconds",
+                                min=0, max=604800),
+    },
+    "email": {
+        "enabled": Field("bool", False, "send each alert by e-mail over SMTP with STARTTLS"),
+        "host": Field("str", None, "SMTP server", nullable=True),
+        "port": Field("int", 587, "SMTP submission port (STARTTLS)", min=1, max=65535),
+        "user": Field("str", None, "SMTP user name (null: no login)", nullable=True),
+        "password": Field("str", None, "SMTP password (prefer password_file)", nullable=True, secret=True),
+        "password_file": Field("str", None, "file holding the SMTP password (first line; mode 600)",
+                               nullable=True),
+        "from": Field("str", None, "sender address", nullable=True, check=_address),
+        "to": Field("list", [], "recipient addresses", check=_address_list),
+        "ca_file": Field("str", None, "CA that signed the SMTP server's certificate (null: the system's)",
+                         nullable=True),
+        "timeout_s": Field("float", 20.0, "SMTP connection timeout", min=1, max=300),
+    },
+    "homeassistant": {
+        "enabled": Field("bool", False, "publish Home Assistant MQTT discovery (retained) and a state topic"),
+        "discovery_prefix": Field("str", "homeassistant", "Home Assistant's discovery prefix", check=_topic),
+        "state_topic": Field("str", "iotsensors/{device_id}/state", "retained state the entities read",
+                             check=_topic),
+        "state_every_s": Field("float", 10.0, "how often the state is published while connected", min=1,
+                               max=3600),
+    },
     "log": {
         "level": Field("str", "INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
         "format": Field("str", "json", "json lines or plain text", choices=("json", "text")),
@@ -349,10 +431,41 @@ def _cross_checks(cfg: dict) -> dict[str, str]:
         seen.setdefault(topic, key)
     problems.update(_mqtt_checks(cfg["mqtt"]))
     problems.update(_password_file_checks(cfg["mqtt"]))
+    problems.update(_password_file_checks(cfg["email"], "email"))
+    problems.update(_carer_checks(cfg))
     return problems
 
 
-def _password_file_checks(m: dict) -> dict[str, str]:
+def _carer_checks(cfg: dict) -> dict[str, str]:
+    """Alerts name known emotions, e-mail has what it needs, the new topics stay apart from the others."""
+    problems = {}
+    unknown = [e for e in cfg["alerts"]["negative_emotions"] if e not in cfg["detect"]["emotions"]]
+    if unknown:
+        problems["alerts.negative_emotions"] = (f"{unknown} are not in detect.emotions "
+                                                f"({', '.join(cfg['detect']['emotions'])})")
+    email = cfg["email"]
+    if email["enabled"]:
+        for key in ("host", "from"):
+            if not email[key]:
+                problems[f"email.{key}"] = "required when email.enabled is true"
+        if not email["to"]:
+            problems["email.to"] = "name at least one recipient when email.enabled is true"
+        if email["user"] and email["password"] is None and email["password_file"] is None:
+            problems["email.password_file"] = "email.user is set: give its password in a file (mode 600)"
+    if email["ca_file"] and not os.path.isfile(email["ca_file"]):
+        problems["email.ca_file"] = f"file not found: {email['ca_file']}"
+    if cfg["homeassistant"]["enabled"] and cfg["mqtt"]["profile"] == "aws-iot-core":
+        problems["homeassistant.enabled"] = ("Home Assistant discovery needs a local broker: AWS IoT Core's policy "
+                                             "(scripts/aws/iot-policy.json) allows no homeassistant/ topics")
+    mqtt_topics = {cfg["mqtt"][k] for k in cfg["mqtt"] if k.endswith("_topic")}
+    for key in ("alerts.topic", "homeassistant.state_topic"):
+        section, name = key.split(".")
+        if cfg[section][name] in mqtt_topics:
+            problems[key] = f"must differ from the mqtt.*_topic keys (both {cfg[section][name]!r})"
+    return problems
+
+
+def _password_file_checks(m: dict, section: str = "mqtt") -> dict[str, str]:
     """The password file exists, is private, and is not combined with an inline password."""
     from pi.messaging.tls import key_permission_problem
 
@@ -360,25 +473,50 @@ def _password_file_checks(m: dict) -> dict[str, str]:
     if path is None:
         return {}
     if m["password"] is not None:
-        return {"mqtt.password_file": "set mqtt.password or mqtt.password_file, not both"}
+        return {f"{section}.password_file": f"set {section}.password or {section}.password_file, not both"}
     if not os.path.isfile(path):
-        return {"mqtt.password_file": f"file not found: {path}"}
+        return {f"{section}.password_file": f"file not found: {path}"}
     if not os.access(path, os.R_OK):
-        return {"mqtt.password_file": f"not readable by this user: {path}"}
+        return {f"{section}.password_file": f"not readable by this user: {path}"}
     problem = key_permission_problem(path, "password file")
-    return {"mqtt.password_file": problem} if problem else {}
+    return {f"{section}.password_file": problem} if problem else {}
 
 
-def read_password_file(path: str) -> str:
+def read_password_file(path: str, key: str = "mqtt.password_file") -> str:
     """The first line of a password file, without its line ending."""
     try:
         with open(path, encoding="utf-8") as f:
             password = f.readline().rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError({"mqtt.password_file": f"cannot read {path}: {exc}"}) from None
+        raise ConfigError({key: f"cannot read {path}: {exc}"}) from None
     if not password:
-        raise ConfigError({"mqtt.password_file": f"{path} is empty"})
+        raise ConfigError({key: f"{path} is empty"})
     return password
+
+
+WEB_TOKEN_FILE = "web-token"  # in the data directory, mode 600: written by `emotion-edge web-token`
+LOOPBACK = ("127.", "::1")
+
+
+def web_token_path(cfg: dict) -> Path:
+    return Path(cfg["device"]["data_dir"]) / WEB_TOKEN_FILE
+
+
+def _resolve_web_token(cfg: dict) -> None:
+    """web.token, else the data directory's token file; a non-loopback dashboard without one is an error."""
+    from pi.messaging.tls import key_permission_problem
+
+    web = cfg["web"]
+    path = web_token_path(cfg)
+    if web["enabled"] and web["token"] is None and path.is_file():
+        problem = key_permission_problem(path, "web token file")
+        if problem:
+            raise ConfigError({"web.token": problem})
+        web["token"] = read_password_file(str(path), "web.token")
+    if web["enabled"] and web["token"] is None and not web["bind"].startswith(LOOPBACK):
+        raise ConfigError({"web.bind": f"{web['bind']} is reachable from other machines, and no token is set: "
+                           f"run `emotion-edge web-token` (it stores a strong token in {path}, mode 600, and "
+                           "prints it), or set web.token, or bind to 127.0.0.1"})
 
 
 def _mqtt_checks(m: dict) -> dict[str, str]:
@@ -479,6 +617,11 @@ def resolve(cfg: dict) -> dict:
         cfg["device"]["data_dir"] = state or str(Path.home() / ".local" / "share" / "emotion-edge")
     if cfg["mqtt"]["password_file"] is not None:
         cfg["mqtt"]["password"] = read_password_file(cfg["mqtt"]["password_file"])
+    if cfg["email"]["password_file"] is not None:
+        cfg["email"]["password"] = read_password_file(cfg["email"]["password_file"], "email.password_file")
+    for section, key in (("alerts", "topic"), ("homeassistant", "state_topic")):
+        cfg[section][key] = cfg[section][key].replace("{device_id}", device_id)
+    _resolve_web_token(cfg)
     face = cfg["face"]
     face["model"] = str(Path(face["model"]).resolve()) if face["model"] else str(resources.shipped(resources.FER_MODEL))
     face["metadata"] = (str(Path(face["metadata"]).resolve()) if face["metadata"]

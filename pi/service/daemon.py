@@ -36,6 +36,9 @@ class Daemon:
         self.button: Union[DetectButton, SimulatedButton, None] = None
         self.detections = 0
         self.mqtt_dead = False  # set once the MQTT loop is found dead: the watchdog is no longer fed
+        # started after the device, stopped before it (the dashboard and alert hub: pi.web, wired by the CLI)
+        self.services: list = []
+        self.active: tuple[Job, float] | None = None  # the job running now, and its clock start
 
     # -- inputs --------------------------------------------------------------------------------------
     def on_command(self, payload: bytes) -> None:
@@ -72,6 +75,18 @@ class Daemon:
     def on_button(self) -> None:
         log.info("button pressed")
         self._enqueue(Detect())
+
+    def submit(self, job: Job) -> bool:
+        """Queue an already parsed job from another front end (the dashboard); False when the queue is full."""
+        try:
+            self.jobs.put_nowait(job)
+        except queue.Full:
+            return False
+        return True
+
+    def stop_session(self) -> None:
+        """End a running collect session early, as the MQTT `stop` command does."""
+        self.session_stop.set()
 
     def _enqueue(self, job: Job) -> None:
         try:
@@ -115,6 +130,8 @@ class Daemon:
                                                self.cfg["mqtt"]["feedback_topic"]: self.on_feedback})
         self.attach_button()
         self.device.start()
+        for service in self.services:
+            service.start()
         notify("READY=1")
         log.info("emotion-edge running as %s", self.device.device_id)
         watchdog = watchdog_interval_s()
@@ -153,6 +170,11 @@ class Daemon:
                 self._run_job(command)
         finally:
             notify("STOPPING=1")
+            for service in reversed(self.services):
+                try:
+                    service.stop()
+                except Exception:  # one service failing to stop must not keep the device from stopping
+                    log.exception("stopping %s failed", type(service).__name__)
             if self.button is not None:
                 self.button.close()
             left = self.device.stop(flush_timeout=1.0)
@@ -160,6 +182,7 @@ class Daemon:
 
     def _run_job(self, job: Job) -> None:
         publisher = self.device.publisher
+        self.active = (job, self.device.clock.monotonic())
         try:
             if isinstance(job, Feedback):
                 report = self.device.apply_feedback(job.request_id, job.label)
@@ -186,6 +209,8 @@ class Daemon:
         else:
             if publisher.storage_error is not None:
                 publisher.report_storage(None)  # the job wrote everything it had to: storage works again
+        finally:
+            self.active = None
 
 
 class _AnyEvent(threading.Event):

@@ -16,6 +16,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -84,6 +85,7 @@ class Device:
         self._listeners: list[queue.Queue] = []
         self._lock = threading.Lock()
         self.heartbeat = lambda: None  # called while waiting for records: the daemon feeds its watchdog here
+        self.result_listeners: list[Callable[[dict], None]] = []  # told of every result (dashboard, alerts)
         hardware.sampler.on_second = self._dispatch
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -109,8 +111,9 @@ class Device:
         for q in listeners:
             q.put(record)
 
-    def _listen(self) -> queue.Queue:
-        q: queue.Queue = queue.Queue()
+    def _listen(self, q: queue.Queue | None = None) -> queue.Queue:
+        """Start receiving per-second records on `q` (a new unbounded queue by default)."""
+        q = queue.Queue() if q is None else q
         with self._lock:
             self._listeners.append(q)
         return q
@@ -295,6 +298,11 @@ class Device:
         self.publisher.publish(self.cfg["mqtt"]["result_topic"], result_msg)
         log.info("detection %s: %s (confidence %s, basis %s)", request_id, emotion,
                  None if confidence is None else round(confidence, 3), result["basis"])
+        for listener in list(self.result_listeners):
+            try:
+                listener(result_msg)
+            except Exception:  # a listener's bug must not cost the detection, which is already published
+                log.exception("result listener failed")
         return result_msg
 
 

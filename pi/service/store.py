@@ -96,6 +96,31 @@ class LocalStore:
                 "USING (request_id) WHERE f.user = ? ORDER BY f.received, f.rowid", (user,)).fetchall()
         return [(r[0], r[1], json.loads(r[2]), json.loads(r[3])) for r in rows]
 
+    def recent_detections(self, limit: int = 50, user: str | None = None, day: str | None = None) -> list[dict]:
+        """The newest results first, each with the carer's correction (`feedback_label`) if one was given;
+        `day` is a UTC date (YYYY-MM-DD) matched against the result's timestamp."""
+        where, args = [], []
+        if user:
+            where.append("d.user = ?")
+            args.append(user)
+        if day:
+            where.append("substr(d.timestamp, 1, 10) = ?")
+            args.append(day)
+        query = ("SELECT d.result, f.label FROM detections d LEFT JOIN feedback f USING (request_id)"
+                 + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY d.timestamp DESC LIMIT ?")
+        with self._lock:
+            rows = self._db.execute(query, (*args, limit)).fetchall()
+        return [{**json.loads(r[0]), "feedback_label": r[1]} for r in rows]
+
+    def detection_users(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT DISTINCT user FROM detections ORDER BY user")]
+
+    def feedback_label(self, request_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT label FROM feedback WHERE request_id = ?", (request_id,)).fetchone()
+        return None if row is None else row[0]
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

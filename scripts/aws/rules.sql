@@ -4,3 +4,7 @@
 SELECT * FROM 'iotsensors/train'
 -- Rule emotion_edge_infer: detection windows for the cloud model
 SELECT * FROM 'iotsensors/infer'
+-- Rule emotion_edge_alert: every alert a device raises, to the SNS topic (SMS and e-mail subscribers)
+SELECT device_id, user, rule, message, timestamp, msg_id FROM 'iotsensors/+/alert'
+-- Rule emotion_edge_offline: a device whose retained status turned offline (its last will, on a lost connection)
+SELECT topic(2) AS device_id, state, reason, timestamp FROM 'iotsensors/+/status' WHERE state = 'offline'

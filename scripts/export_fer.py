@@ -136,8 +136,10 @@ def load_member(run: Path, index: int, calibration: np.ndarray, val_images: np.n
     summary_path = run / "summary.json"
     training = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     width = float(training.get("args", {}).get("width", 0.5))
+    arch = training.get("arch", "hybrid")  # scripts/gpu_slot.py also trains the seed papers' models
     original = model
-    model, folded_blocks = fold_dead_mlps(model, calibration, width)
+    # the fold rebuilds ours (build_hybrid); a seed model is exported as trained
+    model, folded_blocks = fold_dead_mlps(model, calibration, width) if arch == "hybrid" else (model, [])
     if folded_blocks:
         check = val_images[:1000][..., None].astype("float32")
         before, after = original.predict(check, verbose=0), model.predict(check, verbose=0)
@@ -151,7 +153,9 @@ def load_member(run: Path, index: int, calibration: np.ndarray, val_images: np.n
         "run": run.name,
         "width": width,
         "parameters": int(model.count_params()),
-        "fusion_alpha": round(float(keras.ops.convert_to_numpy(keras.ops.sigmoid(model.get_layer("fusion").logit))), 4),
+        "arch": arch,
+        "fusion_alpha": round(float(keras.ops.convert_to_numpy(keras.ops.sigmoid(model.get_layer("fusion").logit))), 4)
+        if any(layer.name == "fusion" for layer in model.layers) else None,
         "folded_dead_mlp_blocks": folded_blocks,
         "training": {
             "command": training.get("command"),

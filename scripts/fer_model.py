@@ -32,10 +32,16 @@ class PlainLayerNorm(layers.Layer):
         self.beta = self.add_weight(name="beta", shape=(dim,), initializer="zeros")
 
     def call(self, x):
+        if self.compute_dtype != "float32":  # mixed precision (scripts/gpu_slot.py): statistics in float32
+            return ops.cast(self._normalise(ops.cast(x, "float32"), ops.cast(self.gamma, "float32"),
+                                            ops.cast(self.beta, "float32")), self.compute_dtype)
+        return self._normalise(x, self.gamma, self.beta)
+
+    def _normalise(self, x, gamma, beta):
         mean = ops.mean(x, axis=-1, keepdims=True)
         centred = x - mean
         var = ops.mean(centred * centred, axis=-1, keepdims=True)
-        return centred * ops.rsqrt(var + self.epsilon) * self.gamma + self.beta
+        return centred * ops.rsqrt(var + self.epsilon) * gamma + beta
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
@@ -181,5 +187,6 @@ def build_hybrid(input_size: int = 48, width: float = 0.5, vit_dim: int = 96, vi
     f = AlphaFusion(name="fusion")([c, v])
     f = layers.ReLU(name="fusion_relu")(f)
     f = layers.Dropout(dropout, name="head_dropout")(f)
-    outputs = layers.Dense(len(CLASSES), activation="softmax", name="probs")(f)
+    # float32 even under a mixed-precision policy (scripts/gpu_slot.py): the softmax and the loss need it
+    outputs = layers.Dense(len(CLASSES), activation="softmax", name="probs", dtype="float32")(f)
     return keras.Model(inputs, outputs, name="fer_mnv2_vit")

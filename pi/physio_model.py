@@ -167,6 +167,20 @@ def leave_one_session_out(ds: Dataset) -> dict:
             "majority_accuracy": base["accuracy"], "majority_macro_f1": base["macro_f1"]}
 
 
+def random_split(ds: Dataset, test_fraction: float = 0.2, seed: int = 0) -> dict:
+    """Macro-F1 on a random split of seconds, the seed paper's protocol, for contrast only.
+
+    Neighbouring seconds share most of their trailing window, so this grades the model on near-copies of
+    its training rows; `leave_one_session_out` is the figure that says something about a new session.
+    """
+    rng = np.random.default_rng(seed)
+    test = rng.random(len(ds.y)) < test_fraction
+    z = (ds.x - ds.baseline_mu) / ds.baseline_sd
+    w, b = fit_logistic(z[~test], ds.y[~test], len(ds.classes), ds.weight[~test])
+    ours = report(ds.y[test], (z[test] @ w + b).argmax(axis=1), ds.classes)
+    return {"accuracy": ours["accuracy"], "macro_f1": ours["macro_f1"], "samples": int(test.sum())}
+
+
 class PersonalModel:
     """A fitted model: baseline normalisation + softmax regression; `predict_proba(features)`."""
 

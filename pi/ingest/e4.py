@@ -289,8 +289,8 @@ def stress_predict_segments(folder: str | Path, recording: Recording | None = No
 
     `labels_per_second.csv` (1 = stress task) gives the segments; the time logs name each one (the task
     with the largest overlap). Participant 1 has no label rows, so S01's come from its time log: the three
-    tasks are stress and the stretches between them rest; those minute-resolution segments are clipped
-    to `recording` when given (the log's first phase, consent, starts before the E4 was switched on).
+    tasks are stress and the stretches between them rest. With `recording`, segments are clipped to it
+    (S01's log starts before the E4 was switched on; some label files run 1-2 s past the recording's end).
     """
     folder = Path(folder).resolve()
     m = re.fullmatch(r"S(\d+)", folder.name)
@@ -346,8 +346,12 @@ def stress_predict_segments(folder: str | Path, recording: Recording | None = No
         task = best[1] if best[0] > 0 else None
         if task in ("consent", "baseline") or (label == REST and k == 0):
             task = "baseline"
-        if not seconds and recording is not None:
-            s, e = max(s, recording.eda.start), min(e, recording.eda.end, recording.bvp.end)
+        if recording is not None:
+            lo, hi = recording.eda.start, min(recording.eda.end, recording.bvp.end)
+            if seconds and (s < lo - 60 or e > hi + 60):  # a few seconds over the ends happen in the dataset
+                raise E4ImportError(f"{source}: label segment {s:.0f}-{e:.0f} lies outside the recording "
+                                    f"{folder} ({lo:.0f}-{hi:.0f})")
+            s, e = max(s, lo), min(e, hi)
             if e - s < 30:
                 continue
         out.append(Segment(s, e, label, task, source))

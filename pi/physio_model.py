@@ -145,7 +145,7 @@ def build_dataset(records: list[dict], extra: list[tuple[np.ndarray, str]] = ())
             source += " shifted by corrections"
     sd = source_rows.std(axis=0) if len(source_rows) else np.ones(len(FEATURES))
     # floor the spread: a perfectly still baseline must not blow small differences up to huge z-scores
-    sd = np.maximum(sd, np.maximum(0.05 * np.abs(mu), 1e-6))
+    sd = np.maximum(sd, np.maximum(0.05 * np.abs(mu), 1e-3))
     return Dataset(x, np.array([classes.index(l) for l in labels], dtype=int), np.array(sessions), classes,
                    mu, sd, source, np.array(weight))
 
@@ -202,7 +202,7 @@ def zscore(x: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
 
 def _spread(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mu = rows.mean(axis=0)
-    sd = np.maximum(rows.std(axis=0), np.maximum(0.05 * np.abs(mu), 1e-6))
+    sd = np.maximum(rows.std(axis=0), np.maximum(0.05 * np.abs(mu), 1e-3))
     return mu, sd
 
 

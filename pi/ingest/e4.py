@@ -85,9 +85,9 @@ def _number(path: Path, line_no: int, text: str, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise E4ImportError(f"{path}, line {line_no}: expected {what}, got {text.strip()[:40]!r}") from None
+        raise E4ImportError(f"{path}, line {line_no}: {what}, got {text.strip()[:40]!r}") from None
     if not np.isfinite(value):
-        raise E4ImportError(f"{path}, line {line_no}: {what} is not finite")
+        raise E4ImportError(f"{path}, line {line_no}: not a finite number ({what})")
     return value
 
 
@@ -97,7 +97,7 @@ def _start(path: Path, lines: list[str], columns: int) -> float:
     cells = lines[0].split(",")
     if len(cells) != columns:
         raise E4ImportError(f"{path}, line 1: wrong header: expected {columns} start time(s), got {lines[0][:60]!r}")
-    starts = {_number(path, 1, c, "the start time (unix UTC)") for c in cells}
+    starts = {_number(path, 1, c, "wrong header: expected the start time (unix UTC)") for c in cells}
     start = starts.pop()
     if starts or not 1e9 <= start <= 1e10:
         raise E4ImportError(f"{path}, line 1: wrong header: {lines[0][:60]!r} is not one unix start time")
@@ -110,7 +110,7 @@ def read_signal(path: Path, columns: int = 1) -> Signal:
     start = _start(path, lines, columns)
     if len(lines) < 2:
         raise E4ImportError(f"{path}, line 2: truncated: no sample-rate row")
-    rates = {_number(path, 2, c, "the sample rate (Hz)") for c in lines[1].split(",")}
+    rates = {_number(path, 2, c, "wrong header: expected the sample rate (Hz)") for c in lines[1].split(",")}
     rate = rates.pop()
     if rates or len(lines[1].split(",")) != columns or not 0 < rate <= 10000:
         raise E4ImportError(f"{path}, line 2: wrong header: {lines[1][:60]!r} is not one positive sample rate")
@@ -130,7 +130,7 @@ def read_signal(path: Path, columns: int = 1) -> Signal:
                 raise E4ImportError(f"{path}, line {i + 3}: expected {columns} value(s), got {ln[:60]!r}"
                                     + (" (truncated file?)" if i == len(body) - 1 else "")) from None
             for c in cells:
-                _number(path, i + 3, c, "a sample")
+                _number(path, i + 3, c, "expected a sample")
         raise
     return Signal(path, start, rate, values)
 
@@ -148,7 +148,7 @@ def read_ibi(path: Path) -> tuple[float, np.ndarray, np.ndarray]:
         cells = ln.split(",")
         if len(cells) != 2:
             raise E4ImportError(f"{path}, line {i}: expected 'time, interval', got {ln[:60]!r}")
-        t, iv = _number(path, i, cells[0], "a time (s)"), _number(path, i, cells[1], "an interval (s)")
+        t, iv = _number(path, i, cells[0], "expected a time (s)"), _number(path, i, cells[1], "expected an interval (s)")
         if times and t <= times[-1]:
             raise E4ImportError(f"{path}, line {i}: time {t} does not increase (previous {times[-1]})")
         if not 0 < iv < 5:
@@ -311,8 +311,8 @@ def stress_predict_segments(folder: str | Path, recording: Recording | None = No
             continue
         if len(cells) != len(header):
             raise E4ImportError(f"{path}, line {i}: expected {len(header)} columns (truncated?)")
-        t = _number(path, i, cells[it], "a unix time")
-        label = _number(path, i, cells[il], "a 0/1 label")
+        t = _number(path, i, cells[it], "expected a unix time")
+        label = _number(path, i, cells[il], "expected a 0/1 label")
         if seconds and t <= seconds[-1][0]:
             raise E4ImportError(f"{path}, line {i}: time {cells[it]} does not increase")
         seconds.append((t, int(label), i))

@@ -185,3 +185,16 @@ def test_registry_hot_reloads_after_install_and_rolls_back(tmp_path):
     assert registry.current().version == 1 and registry.versions() == [1, 2]
     with pytest.raises(FileNotFoundError):
         registry.install(9)
+
+
+def test_a_model_fitted_on_the_old_feature_set_is_skipped_not_fatal():
+    from pi.personalise import fused_distribution
+    from pi.physio_model import FEATURES, PersonalModel
+
+    old = PersonalModel({"classes": ["happy", "sad"], "version": 1, "baseline": {"mu": [0] * 5, "sd": [1] * 5},
+                         "weights": [[0.0, 0.0]] * 5, "bias": [0.0, 0.0]})
+    fused, sources = fused_distribution(None, np.zeros(len(FEATURES)), old, ["happy", "sad"],
+                                        {"face": 1.0, "physiology": 1.0})
+    assert "physiology" not in sources
+    with pytest.raises(ValueError, match="refit"):
+        old.predict_proba(np.zeros(len(FEATURES)))

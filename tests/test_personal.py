@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from pi import config, fusion
 from pi.physio_model import ModelRegistry, build_dataset, fit_user, leave_one_session_out
 from pi.sim_sessions import simulate_session
@@ -198,3 +198,18 @@ def test_a_model_fitted_on_the_old_feature_set_is_skipped_not_fatal():
     assert "physiology" not in sources
     with pytest.raises(ValueError, match="refit"):
         old.predict_proba(np.zeros(len(FEATURES)))
+
+
+def test_the_calibrated_simulator_is_far_harder_than_the_emotion_check(tmp_path):
+    """Real-spread sessions (drivers.physiology_sim.REAL_SPREAD) must not be the near-perfect 0.93-1.0 of the
+    uncalibrated simulator; averaged over six people so that no single seed decides."""
+    import sys
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_personal import simulate_stress_predict_person
+
+    rng = np.random.default_rng(7)
+    f1 = [fit_user(simulate_stress_predict_person(rng, 30, f"p{k}"), ModelRegistry(tmp_path, f"p{k}"))[0]["macro_f1"]
+          for k in range(6)]
+    easy = fit_user(sessions_for("ann", baseline_us=3.0, hr_offset=4.0), ModelRegistry(tmp_path, "ann"))[0]["macro_f1"]
+    assert np.mean(f1) < easy - 0.1
+    assert min(f1) < 0.8  # some simulated people, like real ones, are hard to read

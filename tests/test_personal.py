@@ -3,10 +3,10 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 from pi.personal import fusion
-from pi.personal.model import ModelRegistry, build_dataset, fit_logistic, fit_user, leave_one_session_out
+from pi.personal.model import ModelRegistry, build_dataset, fit_logistic, fit_user, leave_one_session_out, zscore
 from pi.service import config
 from pi.service.simulated_sessions import simulate_session
 from pi.service.store import LocalStore
@@ -50,10 +50,10 @@ def test_sessions_are_never_split_between_train_and_test():
     report = leave_one_session_out(ds)
     assert report["sessions"] == 9
     assert report["per_class"]["fear"]["support"] > 0 and report["per_class"]["fear"]["recall"] == 0.0
-    z = (ds.x - ds.baseline_mu) / ds.baseline_sd
+    z = zscore(ds.x, ds.baseline_mu, ds.baseline_sd)
     w, b = fit_logistic(z, ds.y, len(ds.classes), ds.weight)
     fear = ds.y == ds.classes.index("fear")
-    assert np.mean((z[fear] @ w + b).argmax(axis=1) == ds.classes.index("fear")) > 0.8
+    assert np.mean((z[fear] @ w + b).argmax(axis=1) == ds.classes.index("fear")) > 0.5  # chance: 1 in 5
 
 
 @pytest.mark.slow
@@ -197,3 +197,31 @@ def test_registry_hot_reloads_after_install_and_rolls_back(tmp_path):
     assert registry.current().version == 1 and registry.versions() == [1, 2]
     with pytest.raises(FileNotFoundError):
         registry.install(9)
+
+
+def test_a_model_fitted_on_the_old_feature_set_is_skipped_not_fatal():
+    from pi.personal.feedback import fused_distribution
+    from pi.personal.model import FEATURES, PersonalModel
+
+    old = PersonalModel({"classes": ["happy", "sad"], "version": 1, "baseline": {"mu": [0] * 5, "sd": [1] * 5},
+                         "weights": [[0.0, 0.0]] * 5, "bias": [0.0, 0.0]})
+    fused, sources = fused_distribution(None, np.zeros(len(FEATURES)), old, ["happy", "sad"],
+                                        {"face": 1.0, "physiology": 1.0})
+    assert "physiology" not in sources
+    with pytest.raises(ValueError, match="refit"):
+        old.predict_proba(np.zeros(len(FEATURES)))
+
+
+def test_the_calibrated_simulator_is_far_harder_than_the_emotion_check(tmp_path):
+    """Real-spread sessions (drivers.sim.person.REAL_SPREAD) must not be the near-perfect 0.93-1.0 of the
+    uncalibrated simulator; averaged over six people so that no single seed decides."""
+    import sys
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_personal import simulate_stress_predict_person
+
+    rng = np.random.default_rng(7)
+    f1 = [fit_user(simulate_stress_predict_person(rng, 30, f"p{k}"), ModelRegistry(tmp_path, f"p{k}"))[0]["macro_f1"]
+          for k in range(6)]
+    easy = fit_user(sessions_for("ann", baseline_us=3.0, hr_offset=4.0), ModelRegistry(tmp_path, "ann"))[0]["macro_f1"]
+    assert np.mean(f1) < easy - 0.1
+    assert min(f1) < 0.8  # some simulated people, like real ones, are hard to read

@@ -1,1 +1,1 @@
-"""Importers of data recorded elsewhere (wearable exports, self-reports) into the local store."""
+"""Importers: recordings, sleep logs and self-reports made with other devices, into the local store."""

@@ -16,7 +16,7 @@ import sqlite3
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 
-STORE_FILE = "records.sqlite"  # the LocalStore's file (pi/store.py); shared on purpose
+STORE_FILE = "records.sqlite"  # the LocalStore's file (pi/service/store.py); shared on purpose
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sleep_nights (

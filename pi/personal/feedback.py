@@ -36,6 +36,11 @@ def fused_distribution(face: np.ndarray | None, features: np.ndarray | None, mod
     sources = {}
     if face is not None:
         sources["face"] = calibrate_face(face, model, emotions)
+    if features is not None and model is not None and len(model.w) != len(features):
+        # a model fitted before the feature set changed: answer without it rather than fail the detection
+        log.warning("personal model v%d takes %d features, this device computes %d: run emotion-edge fit",
+                    model.version, len(model.w), len(features))
+        model = None
     if features is not None and model is not None:
         mapped = fusion.to_emotions(model.predict_proba(features), model.classes, emotions)
         if mapped is not None:

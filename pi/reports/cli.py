@@ -1,6 +1,6 @@
 """The `sleep` and `mood` command groups (`emotion-edge sleep import|report`, `emotion-edge mood import`).
 
-Kept apart from pi/cli.py, which only registers them: `add_parsers(sub, common)` and `COMMANDS`.
+Kept apart from pi/service/cli.py, which only registers them: `add_parsers(sub, common)` and `COMMANDS`.
 Bad input files raise `ImportDataError` (exit 2, like bad arguments); a missing `report` extra raises
 `MissingExtraError` (exit 1).
 """

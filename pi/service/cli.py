@@ -1,4 +1,5 @@
-"""Command line: `emotion-edge run | detect | collect | check-config | fer-eval | sleep | mood` (also `python -m pi`).
+"""Command line: `emotion-edge run | detect | collect | check-config | fer-eval | fit | import-e4 | sleep | mood |
+web-token | ...` (also `python -m pi`).
 
 Exit codes: 0 success, 1 runtime failure, 2 bad configuration, arguments or input file, 3 hardware missing.
 """
@@ -66,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", default=None)
     p = sub.add_parser("web-token", help="make a new dashboard token, store it (mode 600) and print it")
     _common(p)
+    p = sub.add_parser("import-e4", help="an Empatica E4 export folder -> labelled sessions in the store")
+    _common(p)
+    p.add_argument("folder", type=Path, help="the E4 export (EDA.csv, BVP.csv, HR.csv, IBI.csv)")
+    p.add_argument("--user", required=True, help="the wearer the sessions belong to")
+    labels = p.add_mutually_exclusive_group(required=True)
+    labels.add_argument("--labels", type=Path, help="segments file: start,end,label (UTC ISO 8601 or unix)")
+    labels.add_argument("--stress-predict", action="store_true",
+                        help="labels from the Stress-Predict dataset the folder belongs to (<dataset>/Raw_data/SXX)")
     p = sub.add_parser("fer-eval", help="evaluate the expression model on a dataset .npz")
     p.add_argument("data", type=Path)
     p.add_argument("--model", type=Path, default=None, help="TFLite file (default: the configured model)")
@@ -233,6 +242,16 @@ def cmd_feedback(args) -> int:
     return 0
 
 
+def cmd_import_e4(args) -> int:
+    from pi.ingest import e4
+
+    cfg, store, _ = _personal(args)
+    rec = e4.read_recording(args.folder)
+    segments = (e4.read_segments(args.labels) if args.labels else e4.stress_predict_segments(args.folder, rec))
+    emit(json.dumps(e4.import_recording(store, rec, cfg["device"]["user"], segments)))
+    return 0
+
+
 def cmd_rollback(args) -> int:
     cfg, store, registry = _personal(args)
     try:
@@ -244,7 +263,7 @@ def cmd_rollback(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "detect": cmd_detect, "collect": cmd_collect, "check-config": cmd_check_config,
-            "fer-eval": cmd_fer_eval, "web-token": cmd_web_token,
+            "fer-eval": cmd_fer_eval, "web-token": cmd_web_token, "import-e4": cmd_import_e4,
             "fit": cmd_fit, "feedback": cmd_feedback, "rollback": cmd_rollback, **sleep_cli.COMMANDS}
 
 

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 import warnings
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -83,6 +84,8 @@ class Device:
         self.registry = physio_model.ModelRegistry(cfg["device"]["data_dir"], self.user)
         self.data_dir_lock: DataDirLock | None = None  # this process's claim on the data directory, released by stop()
         self._listeners: list[queue.Queue] = []
+        # the personal model's features look back up to HISTORY_S seconds, more than a detection window
+        self._history: deque[SecondRecord] = deque(maxlen=physio_model.HISTORY_S)
         self._lock = threading.Lock()
         self.heartbeat = lambda: None  # called while waiting for records: the daemon feeds its watchdog here
         self.result_listeners: list[Callable[[dict], None]] = []  # told of every result (dashboard, alerts)
@@ -107,6 +110,7 @@ class Device:
 
     def _dispatch(self, record: SecondRecord) -> None:
         with self._lock:
+            self._history.append(record)
             listeners = list(self._listeners)
         for q in listeners:
             q.put(record)
@@ -256,8 +260,11 @@ class Device:
         face_classes = self.face.classes if self.face is not None else ()
         mean_face = np.mean(face_probs, axis=0) if face_probs else None
         face = fusion.to_emotions(mean_face, face_classes, emotions) if mean_face is not None else None
-        tail = seconds[-physio_model.WINDOW_S:]
-        features = physio_model.window_features([s.skin_conductance for s in tail], [s.bpm for s in tail])
+        with self._lock:
+            tail = list(self._history) or list(seconds)
+        features = physio_model.window_features(
+            [s.skin_conductance for s in tail],
+            [s.bpm if s.hr_quality >= physio_model.MIN_HR_QUALITY else None for s in tail])
         model = self.registry.current()
         weights = fusion.source_weights(self.cfg["fusion"])
         fused, sources = fused_distribution(face, features, model, emotions, weights)
@@ -286,7 +293,8 @@ class Device:
             result[f"p_{name}"] = None if fused is None else float(fused[i])
             physio = sources.get("physiology")
             result[f"physio_{name}"] = None if physio is None else float(physio[i])
-        for name, value in zip(physio_model.FEATURES, features if features is not None else [None] * 5):
+        values = features if features is not None else [None] * len(physio_model.FEATURES)
+        for name, value in zip(physio_model.FEATURES, values):
             summary[f"feature_{name}"] = None if value is None else float(value)
         window = messages.window_message(self.device_id, self.user, request_id, seconds, summary, frames,
                                          len(face_probs), self.hw.camera_name)

@@ -43,6 +43,19 @@ class LocalStore:
                  message["timestamp"], message["skin_conductance"], message["bpm"], message["quality"],
                  json.dumps(message)))
 
+    def add_records(self, messages: list[dict]) -> None:
+        """Many records in one transaction: an import is stored whole or not at all."""
+        rows = [(m["session_id"], m["seq"], m["user"], m["mood"], m["timestamp"], m["skin_conductance"], m["bpm"],
+                 m["quality"], json.dumps(m)) for m in messages]
+        with self._lock:
+            try:
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?,?,?,?)", rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
     def add_detection(self, window: dict, result: dict) -> None:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO detections VALUES (?,?,?,?,?)",

@@ -1,0 +1,46 @@
+"""The importer and the honest evaluation on the real Stress-Predict recordings in ../shared (read, never copied)."""
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, SHARED
+
+from pi.ingest import e4
+
+DATASET = SHARED / "datasets" / "stress-predict"
+if not (DATASET / "Raw_data" / "S02" / "EDA.csv").exists():
+    pytest.skip(f"the Stress-Predict recordings are not at {DATASET}", allow_module_level=True)
+
+
+def test_a_participant_imports_as_seven_named_segments():
+    folder = DATASET / "Raw_data" / "S02"
+    rec = e4.read_recording(folder)
+    segments = e4.stress_predict_segments(folder, rec)
+    assert [s.label for s in segments] == ["rest", "stress"] * 3 + ["rest"]
+    assert [s.task for s in segments if s.label == "stress"] == ["stroop", "interview", "hyperventilation"]
+    assert segments[0].task == "baseline"
+    records = e4.session_records(rec, segments, "s02")
+    assert len({r["session_id"] for r in records}) == 7
+    assert all(r["mood"] in ("rest", "stress") for r in records)
+
+
+def test_s01_has_no_label_rows_so_its_time_log_labels_it():
+    folder = DATASET / "Raw_data" / "S01"
+    rec = e4.read_recording(folder)
+    segments = e4.stress_predict_segments(folder, rec)
+    assert [s.label for s in segments].count("stress") == 3
+    assert segments[0].start >= rec.eda.start  # clipped to the recording
+
+
+def test_the_evaluation_prints_the_three_figures_and_the_ppg_comparison():
+    out = subprocess.run([sys.executable, "scripts/eval_stress_predict.py", str(DATASET), "--subjects", "S06",
+                          "--no-heartpy", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    for key in ("mean_macro_f1_loso", "mean_macro_f1_random", "mean_macro_f1_majority", "ppg", "subjects"):
+        assert key in d
+    s = d["subjects"][0]
+    assert s["segments"] == 7 and 0 <= s["macro_f1_majority"] < 0.5  # always "rest": F1 0 on stress
+    assert set(d["ppg"]) >= {"mae_bpm", "accepted_fraction", "heartpy_mae_bpm"}
+    assert 0 < d["ppg"]["accepted_fraction"] <= 1

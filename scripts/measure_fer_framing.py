@@ -7,7 +7,9 @@ by a quarter of its side on every edge so the detector may place its box past th
 to the pipeline's frontal cascade (its equalisation, scale factor 1.1, 5 neighbours, 48 px minimum). The box
 is reported as fractions of the 48x48 frame: median x, y, w, h with quartiles, for two paddings (the edge
 pixels repeated, and the face's mean grey), since what lies past FER2013's edge is unknown. The eye cascade
-then gives the tilt of the eye line on the same faces: how upright FER2013's faces are.
+then gives the tilt of the eye line on the same faces (how upright FER2013's faces are) and where the eyes
+sit in the frame: their midpoint and distance as fractions of the frame, a framing that does not depend on
+what surrounds the face.
 
     python scripts/measure_fer_framing.py --data ../shared/datasets/fer2013/fer2013_training.npz \
         > models/fer_framing.json
@@ -46,12 +48,12 @@ def main(argv=None) -> int:
     data = np.load(args.data)
     images = data["images"]
     pick = np.sort(np.random.default_rng(args.seed).choice(len(images), args.n, replace=False))
-    detector = FaceDetector(align=True)
+    detector = FaceDetector(align="rotate")
     side, pad = 48 * UP, 12 * UP
     result: dict = {"data": str(args.data.name), "n": int(args.n), "seed": args.seed, "upscale": UP,
                     "pad_fraction": pad / side, "box_fields": ["x", "y", "w", "h"], "paddings": {}}
     for name, border in (("replicate", cv2.BORDER_REPLICATE), ("mean_grey", cv2.BORDER_CONSTANT)):
-        boxes, angles = [], []
+        boxes, angles, eyes = [], [], []
         for i in pick:
             face = cv2.resize(images[i], (side, side), interpolation=cv2.INTER_CUBIC)
             scene = cv2.copyMakeBorder(face, pad, pad, pad, pad, border, value=int(face.mean()))
@@ -63,9 +65,12 @@ def main(argv=None) -> int:
             x, y, w, h = (int(v) for v in max(found, key=lambda b: b[2] * b[3]))
             boxes.append(((x - pad) / side, (y - pad) / side, w / side, h / side))
             if name == "replicate":
-                angle = detector.eye_angle(scene, (x, y, w, h))
-                if angle:
-                    angles.append(angle)
+                pair = detector.eye_pair(scene, (x, y, w, h))
+                if pair is not None:
+                    (lx, ly), (rx, ry) = pair
+                    angles.append(float(np.degrees(np.arctan2(ry - ly, rx - lx))))
+                    eyes.append((((lx + rx) / 2 - pad) / side, ((ly + ry) / 2 - pad) / side,
+                                 float(np.hypot(rx - lx, ry - ly)) / side))
         entry = {"found": round(len(boxes) / args.n, 4), **stats(np.array(boxes))}
         if angles:
             a = np.array(angles)
@@ -73,6 +78,7 @@ def main(argv=None) -> int:
             entry["eye_line_degrees"] = {"median": round(float(np.median(a)), 2),
                                          "median_abs": round(float(np.median(np.abs(a))), 2),
                                          "p90_abs": round(float(np.percentile(np.abs(a), 90)), 2)}
+            entry["eyes"] = {"fields": ["midpoint_x", "midpoint_y", "distance"], **stats(np.array(eyes))}
         result["paddings"][name] = entry
     print(json.dumps(result, indent=2))
     return 0

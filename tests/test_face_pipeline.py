@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import cv2
 import numpy as np
@@ -11,7 +12,14 @@ from conftest import ROOT, run_cli
 
 from pi.resources import FACE_SAMPLE, shipped
 from pi.service import config
-from pi.vision.face import FER_FRAME_IN_HAAR_BOX, FaceDetector, frame_square, normalise_face
+from pi.vision.face import (
+    FER_EYES,
+    FER_FRAME_IN_HAAR_BOX,
+    FaceDetector,
+    frame_square,
+    normalise_face,
+    square_from_eyes,
+)
 from pi.vision.fer import ExpressionClassifier
 
 MODEL = ROOT / "models" / "fer_int8.tflite"
@@ -32,9 +40,10 @@ def photo(face: np.ndarray, side: int = 160, size: tuple[int, int] = (320, 240),
     return frame
 
 
-def test_the_framing_constant_is_the_measured_one():
-    measured = json.loads((ROOT / "models" / "fer_framing.json").read_text())
-    assert tuple(measured["paddings"]["replicate"]["median"]) == FER_FRAME_IN_HAAR_BOX
+def test_the_framing_constants_are_the_measured_ones():
+    measured = json.loads((ROOT / "models" / "fer_framing.json").read_text())["paddings"]["replicate"]
+    assert tuple(measured["median"]) == FER_FRAME_IN_HAAR_BOX
+    assert tuple(measured["eyes"]["median"]) == FER_EYES
 
 
 def test_a_known_box_maps_to_fer2013s_framing():
@@ -51,6 +60,24 @@ def test_a_known_box_maps_to_fer2013s_framing():
     crop = FaceDetector(margin=0.0).crop(ramp, (100, 50, 192, 192), 48)
     # x 100..291 in 4-px steps: the first output pixel averages x 100..103 (ramp 50.75), the last 288..291
     assert abs(int(crop[0, 0]) - 50.75) <= 1 and abs(int(crop[0, -1]) - 144.75) <= 1
+
+
+def test_eyes_frame_the_face_where_fer2013s_eyes_sit():
+    mx, my, d = FER_EYES
+    # a face whose FER2013 frame is the square x 100..300, y 50..250, tilted so its eye line falls 20 degrees
+    c, s = math.cos(math.radians(20)), math.sin(math.radians(20))
+
+    def to_frame(u: float, v: float) -> tuple[float, float]:  # square fractions -> frame, about its centre
+        du, dv = (u - 0.5) * 200, (v - 0.5) * 200
+        return 200 + du * c - dv * s, 150 + du * s + dv * c
+
+    eyes = (to_frame(mx - d / 2, my), to_frame(mx + d / 2, my))
+    cx, cy, side, angle = square_from_eyes(eyes, (210.0, 160.0, 220.0), frame=True)
+    assert abs(cx - 200) < 1e-6 and abs(cy - 150) < 1e-6 and abs(side - 200) < 1e-6 and abs(angle - 20) < 1e-6
+    assert square_from_eyes(eyes, (210.0, 160.0, 220.0), frame=False) == pytest.approx((210, 160, 220, 20))
+    assert square_from_eyes(None, (210.0, 160.0, 220.0), frame=True) == (210, 160, 220, 0)
+    # eyes that would make a square far from the box's size (an eyebrow taken for an eye) only turn it
+    assert square_from_eyes(eyes, (210.0, 160.0, 400.0), frame=True) == pytest.approx((210, 160, 400, 20))
 
 
 def test_fer2013_framing_gives_back_the_face_the_model_was_trained_on():
@@ -73,7 +100,7 @@ def test_fer2013_framing_gives_back_the_face_the_model_was_trained_on():
 def test_alignment_turns_a_tilted_face_upright():
     skimage_data = pytest.importorskip("skimage.data")  # the public-domain astronaut portrait (test extra)
     gray = cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2GRAY)
-    detector = FaceDetector(align=True)
+    detector = FaceDetector(align="rotate")
     box, _ = detector.find(gray)
     upright = detector.eye_angle(gray, box)
     for tilt in (-12.0, 12.0):
@@ -111,9 +138,9 @@ def test_normalisation_options():
 
 
 def test_config_builds_the_detector_it_describes():
-    face = config.load(None, ["face.align=true", "face.normalise=clahe", "face.margin=0.05"])["face"]
+    face = config.load(None, ["face.align=rotate", "face.normalise=clahe", "face.margin=0.05"])["face"]
     det = FaceDetector.from_config(face)
-    assert (det.align, det.normalise, det.margin, det.pick) == (True, "clahe", 0.05, "confident")
+    assert (det.align, det.normalise, det.margin, det.pick) == ("rotate", "clahe", 0.05, "confident")
     default = FaceDetector.from_config(config.load(None)["face"])
     assert default.margin is None  # FER2013's framing unless told otherwise
 
@@ -145,7 +172,7 @@ def test_fer_eval_pipeline_reports_detection_and_accuracy(photos):
     assert sum(map(sum, r["confusion"])) == r["detected"]
     assert abs(r["accuracy_all"] * n - r["accuracy_detected"] * r["detected"]) < 1e-6
     assert set(r["recall"]) == set(r["classes"]) and 0 <= r["macro_f1_detected"] <= 1
-    assert r["pipeline"]["margin"] is None and r["pipeline"]["align"] is False
+    assert r["pipeline"]["margin"] is None and r["pipeline"]["align"] == "none"
     # classified through the pipeline, the faces get the answers the model gives them directly, mostly
     classifier = ExpressionClassifier.from_metadata(MODEL, META)
     direct = float(np.mean(classifier.predict(sample["images"]).argmax(1) == sample["labels"]))
@@ -153,9 +180,9 @@ def test_fer_eval_pipeline_reports_detection_and_accuracy(photos):
     bgr = json.loads(run_cli("fer-eval", str(folder / "bgr.npz"), "--pipeline", "--json").stdout)
     assert bgr["confusion"] == r["confusion"]  # colour frames are converted, not misread
     text = run_cli("fer-eval", str(folder / "grey.npz"), "--pipeline", "--set", "face.margin=0.1",
-                   "--set", "face.align=true", "--limit", "21")
+                   "--set", "face.align=rotate", "--limit", "21")
     assert text.returncode == 0, text.stderr
-    assert "crop margin 0.1, align True" in text.stdout and "faces found" in text.stdout
+    assert "crop margin 0.1, align rotate" in text.stdout and "faces found" in text.stdout
 
 
 def test_fer_eval_pipeline_refuses_images_it_cannot_read(tmp_path):

@@ -197,8 +197,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
                         "box falls on FER2013's faces (models/fer_framing.json); a number instead grows the box "
                         "by that share of its side on each edge (negative: cuts inside it)", nullable=True,
                         min=-0.3, max=1),
-        "align": Field("bool", False, "turn the face upright from its eyes (OpenCV's eye cascade) before "
-                       "cropping"),
+        "align": Field("str", "none", "none; rotate: turn the face upright from its eyes (OpenCV's eye "
+                       "cascade) before cropping; eyes: also frame it by the eyes, where FER2013's eyes sit",
+                       choices=("none", "rotate", "eyes")),
         "normalise": Field("str", "none", "photometric normalisation of the cropped face",
                            choices=("none", "equalize", "clahe")),
         "pick": Field("str", "confident", "which of several detections is the face: the one the cascade is "

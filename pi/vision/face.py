@@ -9,8 +9,10 @@ whose frame almost coincides with a Haar box: on upscaled FER2013 training faces
 falls at FER_FRAME_IN_HAAR_BOX of the 48x48 frame (scripts/measure_fer_framing.py, models/fer_framing.json).
 With no `margin` (the default) the crop inverts that: from the Haar box of a real face it cuts the square
 FER2013 would have cut; a `margin` instead grows the box by a fixed share, the earlier hand-chosen crop.
-`align` turns the face upright from the eyes (OpenCV's eye cascade) before cropping, and `normalise`
-optionally equalises the crop's histogram; the proxy benchmark (scripts/bench_face_proxy.py) measures each.
+`align="rotate"` turns the face upright from the eyes (OpenCV's eye cascade) before cropping; `align="eyes"`
+also frames it by the eyes, placing them where they sit in FER2013's frames (FER_EYES), which does not
+depend on how much hair, forehead or background the Haar box takes in. `normalise` optionally equalises the
+crop's histogram. The proxy benchmark (scripts/bench_face_proxy.py) measures each.
 """
 from __future__ import annotations
 
@@ -34,6 +36,12 @@ Box = tuple[int, int, int, int]  # x, y, w, h
 FER_FRAME_IN_HAAR_BOX = (0.0104, 0.0104, 0.974, 0.974)
 NORMALISATIONS = ("none", "equalize", "clahe")
 PICKS = ("confident", "largest")
+ALIGNMENTS = ("none", "rotate", "eyes")
+# Where the eyes sit in FER2013's 48x48 frame: their midpoint (x, y) and distance as fractions of the frame,
+# medians over the same upscaled training faces (models/fer_framing.json, replicate padding, eyes).
+FER_EYES = (0.4936, 0.3849, 0.3782)
+# Framing by the eyes is trusted when it agrees with the Haar box's framing to within this factor in size
+EYES_AGREE = 1.3
 
 
 @dataclass(frozen=True)
@@ -72,15 +80,17 @@ def frame_square(box: Box, margin: float | None = None,
 
 class FaceDetector:
     def __init__(self, detect_width: int = 320, min_face: int = 48, margin: float | None = None,
-                 scale_factor: float = 1.1, *, align: bool = False, normalise: str = "none",
+                 scale_factor: float = 1.1, *, align: str = "none", normalise: str = "none",
                  pick: str = "confident"):
+        if align not in ALIGNMENTS:
+            raise ValueError(f"align must be one of {ALIGNMENTS}, got {align!r}")
         if pick not in PICKS:
             raise ValueError(f"pick must be one of {PICKS}, got {pick!r}")
         if normalise not in NORMALISATIONS:
             raise ValueError(f"normalise must be one of {NORMALISATIONS}, got {normalise!r}")
         self.frontal = _cascade("haarcascade_frontalface_default.xml")
         self.profile = _cascade("haarcascade_profileface.xml")
-        self.eyes = _cascade("haarcascade_eye.xml") if align else None
+        self.eyes = _cascade("haarcascade_eye.xml") if align != "none" else None
         self.detect_width = detect_width
         self.min_face = min_face
         self.margin = margin
@@ -162,7 +172,8 @@ class FaceDetector:
 
     def eye_angle(self, gray: np.ndarray, box: Box) -> float:
         """Degrees the eye line falls to the image's right (0 when no eye pair is found): the rotation that
-        stands the face upright, as FER2013's faces stand (median eye line -0.7 degrees, models/fer_framing.json)."""
+        stands the face upright, as FER2013's faces stand (their eye line: median 0.0 degrees, half of them
+        within 3.6; models/fer_framing.json)."""
         eyes = self.eye_pair(gray, box)
         if eyes is None:
             return 0.0
@@ -171,9 +182,13 @@ class FaceDetector:
 
     def square(self, gray: np.ndarray, box: Box) -> tuple[float, float, float, float]:
         """(centre x, centre y, side, angle) of the square to cut for the face in `box`: the Haar box mapped
-        to FER2013's framing (or grown by the margin), turned upright from the eyes with `align`."""
+        to FER2013's framing (or grown by the margin); with `align`, turned upright from the eyes, and with
+        "eyes" framed by them too when they agree with the box."""
         cx, cy, side = frame_square(box, self.margin)
-        return cx, cy, side, (self.eye_angle(gray, box) if self.align else 0.0)
+        if self.align == "none":
+            return cx, cy, side, 0.0
+        eyes = self.eye_pair(gray, box)
+        return square_from_eyes(eyes, (cx, cy, side), self.align == "eyes")
 
     def crop(self, gray: np.ndarray, box: tuple[int, int, int, int], size: int, angle: float = 0.0) -> np.ndarray:
         """The size x size face cut around `box` (`frame_square`), turned by `angle` degrees."""
@@ -209,6 +224,32 @@ class FaceDetector:
         """The model's input for the face in `box` and the angle it was turned by."""
         square = self.square(gray, box)
         return self.cut(gray, square, size), square[3]
+
+
+def square_from_eyes(eyes: tuple[tuple[float, float], tuple[float, float]] | None,
+                     boxed: tuple[float, float, float], frame: bool,
+                     template: tuple[float, float, float] = FER_EYES) -> tuple[float, float, float, float]:
+    """The square (centre x, centre y, side, angle) for a face whose Haar framing is `boxed` (centre x,
+    centre y, side) and whose eye centres are `eyes` (None: not found, the box's square unturned).
+
+    The angle levels the eye line. With `frame`, the square is also the one in which the eyes land where
+    `template` puts them (midpoint x, y and distance, fractions of the side), unless its size disagrees
+    with the box's by more than EYES_AGREE (a nostril or an eyebrow taken for an eye).
+    """
+    cx, cy, side = boxed
+    if eyes is None:
+        return cx, cy, side, 0.0
+    (lx, ly), (rx, ry) = eyes
+    angle = math.atan2(ry - ly, rx - lx)
+    if frame:
+        mx, my, distance = template
+        eye_side = math.hypot(rx - lx, ry - ly) / distance
+        if 1 / EYES_AGREE <= eye_side / side <= EYES_AGREE:
+            # from the eyes' midpoint to the square's centre: (0.5 - mx, 0.5 - my) sides along the face's axes
+            ux, uy = (0.5 - mx) * eye_side, (0.5 - my) * eye_side
+            c, s = math.cos(angle), math.sin(angle)
+            cx, cy, side = (lx + rx) / 2 + ux * c - uy * s, (ly + ry) / 2 + ux * s + uy * c, eye_side
+    return cx, cy, side, math.degrees(angle)
 
 
 def normalise_face(face: np.ndarray, how: str = "none") -> np.ndarray:

@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scales", type=_scales_argument, default=(1.0,), metavar="S,S,...",
                    help="also average zoomed views, e.g. 0.9,1.0,1.1, one invoke each (default 1.0: the model "
                         "as shipped, whose graph already averages its own views)")
+    p.add_argument("--pipeline", action="store_true",
+                   help="the images are full photos (N x H x W grey or N x H x W x 3 BGR): run the whole face "
+                        "path on them with the configured face.* settings (detection, crop, views, "
+                        "classification) and report the detection rate too")
+    p.add_argument("--config", type=Path, default=None, help="YAML config whose face.* settings apply")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a dotted config key, e.g. --set face.align=true (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     sleep_cli.add_parsers(sub, _common)
     return parser
@@ -192,13 +199,20 @@ def cmd_web_token(args) -> int:
 
 
 def cmd_fer_eval(args) -> int:
-    from pi.vision.evaluation import evaluate, format_report
+    from pi.vision.evaluation import evaluate, evaluate_pipeline, format_pipeline_report, format_report
+    from pi.vision.face import FaceDetector
     from pi.vision.fer import FaceViews
 
-    cfg = config_mod.load(None)
-    report = evaluate(args.data, args.model or Path(cfg["face"]["model"]),
-                      args.metadata or Path(cfg["face"]["metadata"]), limit=args.limit,
-                      views=FaceViews(args.scales, args.flip), seed=args.seed)
+    cfg = config_mod.load(args.config, args.overrides)
+    face = cfg["face"]
+    model, metadata = args.model or Path(face["model"]), args.metadata or Path(face["metadata"])
+    views = FaceViews(args.scales, args.flip)
+    if args.pipeline:
+        report = evaluate_pipeline(args.data, model, metadata, FaceDetector.from_config(face), limit=args.limit,
+                                   views=views, threads=face["threads"], seed=args.seed)
+        emit(json.dumps(report) if args.json else format_pipeline_report(report))
+        return 0
+    report = evaluate(args.data, model, metadata, limit=args.limit, views=views, seed=args.seed)
     emit(json.dumps(report) if args.json else format_report(report))
     return 0
 

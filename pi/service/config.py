@@ -233,7 +233,17 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "view_scales": Field("list", [1.0], "zooms of the face classified and averaged, 1.0 = as cropped; "
                              "extra test-time views for a model without views in its graph, one invoke each",
                              check=_view_scales),
-        "margin": Field("float", 0.1, "margin added around the detected face box", min=0, max=1),
+        "margin": Field("float", None, "null crops the face with FER2013's own framing, measured where the Haar "
+                        "box falls on FER2013's faces (models/fer_framing.json); a number instead grows the box "
+                        "by that share of its side on each edge (negative: cuts inside it)", nullable=True,
+                        min=-0.3, max=1),
+        "align": Field("str", "none", "none; rotate: turn the face upright from its eyes (OpenCV's eye "
+                       "cascade) before cropping; eyes: also frame it by the eyes, where FER2013's eyes sit",
+                       choices=("none", "rotate", "eyes")),
+        "normalise": Field("str", "none", "photometric normalisation of the cropped face",
+                           choices=("none", "equalize", "clahe")),
+        "pick": Field("str", "confident", "which of several detections is the face: the one the cascade is "
+                      "surest of, or the largest", choices=("confident", "largest")),
     },
     "button": {
         "enabled": Field("bool", True, "listen to the 'detect my emotion' button"),

@@ -62,8 +62,7 @@ def load_face_pipeline(cfg: dict):
             log.warning("face.view_scales/flip_average add %d run-time views to a model that already averages "
                         "%d views in its graph (models/fer.json views_in_graph): zooms compound and each "
                         "frame costs %d invokes", views.count, in_graph["count"], views.count)
-        return FacePipeline(FaceDetector(face["detect_width"], face["min_face"], face["margin"],
-                                         face["scale_factor"]), classifier, views)
+        return FacePipeline(FaceDetector.from_config(face), classifier, views)
     except ModelError as exc:
         warnings.warn(f"face model unavailable ({exc}); detections use physiology alone", NoFaceModelWarning,
                       stacklevel=2)

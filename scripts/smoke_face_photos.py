@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Smoke check of the face pipeline on a real, openly licensed photo: scikit-image's astronaut portrait
+(Eileen Collins, NASA, public domain; bundled in the scikit-image wheel), as shot and turned, mirrored,
+darkened, and shrunk below face.min_face (which must answer no face). Prints JSON: for each variant and
+crop option, the box, the cascade and the answer.
+
+A handful of views of one smiling face: it shows the path works on a real photo, nothing about accuracy,
+and no setting was chosen on it.
+
+    pip install scikit-image; python scripts/smoke_face_photos.py > models/fer_smoke.json
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pi.vision.face import FaceDetector, FacePipeline  # noqa: E402
+from pi.vision.fer import ExpressionClassifier  # noqa: E402
+
+OPTIONS = {"margin_0.10 (shipped before)": {"margin": 0.1, "pick": "largest"}, "default (fer2013 framing)": {},
+           "rotate": {"align": "rotate"}, "eyes": {"align": "eyes"}}
+
+
+def variants(bgr: np.ndarray) -> dict[str, np.ndarray]:
+    h, w = bgr.shape[:2]
+    turn = {f"turned_{a:+d}": cv2.warpAffine(bgr, cv2.getRotationMatrix2D((w / 2, h / 3), a, 1.0), (w, h),
+                                             borderMode=cv2.BORDER_REPLICATE) for a in (-15, 15)}
+    return {"as_shot": bgr, "mirrored": bgr[:, ::-1].copy(), **turn,
+            "dark": np.clip(bgr.astype(np.float32) * 0.45, 0, 255).astype(np.uint8),
+            "below_min_face_in_640x480": cv2.copyMakeBorder(cv2.resize(bgr, (240, 240), interpolation=cv2.INTER_AREA),
+                                                   120, 120, 200, 200, cv2.BORDER_REPLICATE)}
+
+
+def main() -> int:
+    from skimage import data
+
+    cv2.setNumThreads(1)
+    classifier = ExpressionClassifier.from_metadata(ROOT / "models" / "fer_int8.tflite", ROOT / "models" / "fer.json")
+    photo = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    result: dict = {"photo": "skimage.data.astronaut() (NASA, public domain)", "expected": "happy", "runs": {}}
+    for vname, frame in variants(photo).items():
+        row = {}
+        for oname, kw in OPTIONS.items():
+            r = FacePipeline(FaceDetector(**kw), classifier).analyse(frame)
+            if r.probabilities is None:
+                row[oname] = {"box": None}
+                continue
+            top = int(np.argmax(r.probabilities))
+            row[oname] = {"box": list(r.box), "cascade": r.cascade, "answer": classifier.classes[top],
+                          "p_happy": round(float(r.probabilities[classifier.classes.index("happy")]), 3),
+                          "turned_degrees": round(r.angle, 1)}
+        result["runs"][vname] = row
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

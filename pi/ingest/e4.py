@@ -141,7 +141,8 @@ def read_ibi(path: Path) -> tuple[float, np.ndarray, np.ndarray]:
     if not lines or len(lines[0].split(",")) != 2 or lines[0].split(",")[1].strip() != "IBI":
         raise E4ImportError(f"{path}, line 1: wrong header: expected 'START, IBI', got {(lines or [''])[0][:60]!r}")
     start = _start(path, [lines[0].split(",")[0]], 1)
-    times, intervals = [], []
+    times: list[float] = []
+    intervals: list[float] = []
     for i, ln in enumerate(lines[1:], start=2):
         if not ln.strip():
             continue
@@ -306,7 +307,7 @@ def stress_predict_segments(folder: str | Path, recording: Recording | None = No
     if header[:1] != ["Participant"] or "Time(sec)" not in header or "Label" not in header:
         raise E4ImportError(f"{path}, line 1: wrong header {lines[0][:60] if lines else ''!r}")
     it, il = header.index("Time(sec)"), header.index("Label")
-    seconds = []
+    seconds: list[tuple[float, int, int]] = []  # (unix time, label, line)
     for i, ln in enumerate(lines[1:], start=2):
         cells = ln.split(",")
         if cells[0] != str(number):
@@ -314,15 +315,15 @@ def stress_predict_segments(folder: str | Path, recording: Recording | None = No
         if len(cells) != len(header):
             raise E4ImportError(f"{path}, line {i}: expected {len(header)} columns (truncated?)")
         t = _number(path, i, cells[it], "expected a unix time")
-        label = _number(path, i, cells[il], "expected a 0/1 label")
+        flag = _number(path, i, cells[il], "expected a 0/1 label")
         if seconds and t <= seconds[-1][0]:
             raise E4ImportError(f"{path}, line {i}: time {cells[it]} does not increase")
-        seconds.append((t, int(label), i))
+        seconds.append((t, int(flag), i))
     phases = _time_log(dataset, folder.name)
     raw: list[tuple[float, float, str, str]] = []
     if seconds:
-        for t, label, line in seconds:
-            name = STRESS if label == 1 else REST
+        for t, stress_flag, line in seconds:
+            name = STRESS if stress_flag == 1 else REST
             if raw and raw[-1][2] == name and t == raw[-1][1]:
                 raw[-1] = (raw[-1][0], t + 1, name, raw[-1][3])
             else:

@@ -24,7 +24,7 @@ def source_weights(fusion_cfg: Mapping[str, float]) -> dict[str, float]:
     return {"face": fusion_cfg["face_weight"], "physiology": fusion_cfg["physiology_weight"]}
 
 
-def to_emotions(probabilities: Sequence[float], classes: Sequence[str],
+def to_emotions(probabilities: Sequence[float] | np.ndarray, classes: Sequence[str],
                 emotions: Sequence[str]) -> np.ndarray | None:
     """Express a source's distribution over its own classes as one over the configured emotions.
 

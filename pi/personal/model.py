@@ -97,7 +97,7 @@ class Dataset:
     weight: np.ndarray  # per-row weight: 1 for session seconds, a whole session's worth for a correction
 
 
-def build_dataset(records: list[dict], extra: list[tuple[np.ndarray, str]] = ()) -> Dataset:
+def build_dataset(records: list[dict], extra: Sequence[tuple[np.ndarray, str]] = ()) -> Dataset:
     """Group a user's records by session, compute features, and the user's baseline statistics.
 
     `extra` holds (raw features, label) examples from carer feedback; each is its own 'session' and
@@ -189,7 +189,7 @@ def choose_l2(z: np.ndarray, y: np.ndarray, session: np.ndarray, n_classes: int,
                 continue
             w, b = fit_logistic(z[~test], y[~test], n_classes, sample_weight[~test], l2=l2, steps=200)
             predicted[test] = (z[test] @ w + b).argmax(axis=1)
-        f1 = report(y, predicted, list(range(n_classes)))["macro_f1"]
+        f1 = report(y, predicted, [str(k) for k in range(n_classes)])["macro_f1"]
         if f1 > best_f1 + 1e-9:
             best, best_f1 = l2, f1
     return best
@@ -340,7 +340,11 @@ class ModelRegistry:
             self._cache = None
             return None
         if self._cache is None or self._cache[0] != mtime:
-            self._cache = (mtime, self.load(self.current_version()))
+            version = self.current_version()
+            if version is None:  # the pointer vanished between the stat and the read
+                self._cache = None
+                return None
+            self._cache = (mtime, self.load(version))
         return self._cache[1]
 
 

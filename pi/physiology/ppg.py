@@ -26,7 +26,7 @@ def _peaks_above(x: np.ndarray, baseline: np.ndarray, min_gap: float) -> np.ndar
     ends = np.flatnonzero(above[:-1] & ~above[1:])
     peaks: list[int] = []
     for a, b in zip(starts, ends):
-        idx = a + int(np.argmax(x[a:b]))
+        idx = int(a) + int(np.argmax(x[a:b]))
         if peaks and idx - peaks[-1] < min_gap:
             if x[idx] > x[peaks[-1]]:
                 peaks[-1] = idx
@@ -57,7 +57,7 @@ def detect_beats(signal: np.ndarray, fs: float, max_bpm: float = 220.0, min_bpm:
         bpm = 60.0 / np.mean(rr)
         if not min_bpm <= bpm <= max_bpm:
             continue
-        spread = np.std(rr)
+        spread = float(np.std(rr))
         if spread < best_spread:
             best, best_spread = peaks, spread
     times = []
@@ -81,7 +81,7 @@ class PpgBeatDetector:
         self.settle_s = settle_s
         self._t: deque[float] = deque(maxlen=int(buffer_s * fs))
         self._v: deque[float] = deque(maxlen=int(buffer_s * fs))
-        self._last_run = None
+        self._last_run: float | None = None
         self._last_emitted = -np.inf
 
     def feed(self, t: float, mv: float) -> list[float]:

@@ -225,3 +225,33 @@ def test_the_calibrated_simulator_is_far_harder_than_the_emotion_check(tmp_path)
     easy = fit_user(sessions_for("ann", baseline_us=3.0, hr_offset=4.0), ModelRegistry(tmp_path, "ann"))[0]["macro_f1"]
     assert np.mean(f1) < easy - 0.1
     assert min(f1) < 0.8  # some simulated people, like real ones, are hard to read
+
+
+def test_the_personal_model_is_fitted_to_its_optimum_whatever_the_feature_scale():
+    # Newton's method, not a fixed gradient step: the fit is the penalised loss's minimum (scipy's L-BFGS-B
+    # agrees), also with features of very different scales, so rounding cannot move the answer much
+    minimize = pytest.importorskip("scipy.optimize").minimize
+    rng = np.random.default_rng(4)
+    n, d, k = 600, 5, 3
+    y = rng.integers(0, k, n)
+    z = rng.normal(size=(n, d)) * np.array([1.0, 10.0, 0.01, 3.0, 1.0])
+    z[:, 0] += 1.5 * y
+    sample_weight = rng.uniform(0.5, 2.0, n)
+    w, b = fit_logistic(z, y, k, sample_weight, l2=0.1)
+    counts = np.bincount(y, weights=sample_weight, minlength=k)
+    omega = (sample_weight.sum() / (k * counts))[y] * sample_weight
+    omega = omega / omega.sum()
+
+    def loss(theta):
+        wt, bt = theta[:d * k].reshape(d, k), theta[d * k:]
+        logits = z @ wt + bt
+        logits = logits - logits.max(axis=1, keepdims=True)
+        log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        return -(omega * log_p[np.arange(n), y]).sum() + 0.05 * (wt ** 2).sum() + 0.5e-8 * (bt ** 2).sum()
+
+    best = minimize(loss, np.zeros(d * k + k), method="L-BFGS-B", options={"maxiter": 10000, "gtol": 1e-12,
+                                                                          "ftol": 1e-15})
+    ours = loss(np.concatenate([w.ravel(), b]))
+    assert ours <= best.fun + 1e-9
+    refit_w, refit_b = fit_logistic(z, y, k, sample_weight, l2=0.1)
+    assert np.array_equal(refit_w, w) and np.array_equal(refit_b, b)  # deterministic

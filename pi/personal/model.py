@@ -151,21 +151,56 @@ def build_dataset(records: list[dict], extra: Sequence[tuple[np.ndarray, str]] =
 
 
 def fit_logistic(z: np.ndarray, y: np.ndarray, n_classes: int, sample_weight: np.ndarray | None = None,
-                 l2: float = L2, steps: int = 400, lr: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Class-weighted softmax regression by full-batch gradient descent on standardised features."""
-    sample_weight = np.ones(len(y)) if sample_weight is None else sample_weight
+                 l2: float = L2, max_iter: int = 50, tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
+    """Class-weighted softmax regression with an L2 penalty on the weights, solved by Newton's method.
+
+    The loss is convex and its Hessian small ((features + 1) x classes squared), so Newton's steps with a
+    backtracking line search reach the optimum in a few iterations whatever the features' scale. A fixed
+    gradient step (0.5, as before) depended on that scale and stopped where the iterations ran out, so
+    results swung with rounding between machines (arm64 against x86 on identical records).
+    """
+    sample_weight = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, float)
     counts = np.bincount(y, weights=sample_weight, minlength=n_classes)
     weights = np.where(counts > 0, sample_weight.sum() / (n_classes * np.maximum(counts, 1e-9)), 0.0)[y]
     weights = weights * sample_weight
-    w = np.zeros((z.shape[1], n_classes))
-    b = np.zeros(n_classes)
+    omega = weights / weights.sum()
+    n, d = z.shape
+    x = np.hstack([z, np.ones((n, 1))])  # the bias as a last, unpenalised feature
     onehot = np.eye(n_classes)[y]
-    for _ in range(steps):
-        p = softmax(z @ w + b)
-        g = (p - onehot) * weights[:, None] / weights.sum()
-        w -= lr * (z.T @ g + l2 * w)
-        b -= lr * g.sum(axis=0)
-    return w, b
+    # the penalty (and a tiny ridge on the biases: softmax is unchanged by adding one constant to all of them)
+    penalty = np.full((d + 1, n_classes), l2)
+    penalty[d] = 1e-8
+    theta = np.zeros((d + 1, n_classes))
+
+    def loss(th: np.ndarray) -> float:
+        logits = x @ th
+        logits -= logits.max(axis=1, keepdims=True)
+        log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        return float(-(omega * (onehot * log_p).sum(axis=1)).sum() + 0.5 * (penalty * th * th).sum())
+
+    current = loss(theta)
+    for _ in range(max_iter):
+        p = softmax(x @ theta)
+        grad = x.T @ ((p - onehot) * omega[:, None]) + penalty * theta
+        # Hessian blocks: sum_i w_i x_i x_i^T (diag(p_i) - p_i p_i^T), laid out as (feature, class)^2
+        curvature = omega[:, None, None] * (p[:, :, None] * np.eye(n_classes) - p[:, :, None] * p[:, None, :])
+        outer = x[:, :, None] * x[:, None, :]
+        hessian = np.tensordot(outer, curvature, axes=([0], [0])).transpose(0, 2, 1, 3)
+        size = (d + 1) * n_classes
+        hessian = hessian.reshape(size, size) + np.diag(penalty.ravel())
+        step = np.linalg.solve(hessian, grad.ravel()).reshape(d + 1, n_classes)
+        rate, decrease = 1.0, float((grad * step).sum())
+        while rate > 1e-6:
+            candidate = loss(theta - rate * step)
+            if candidate <= current - 1e-4 * rate * decrease:
+                break
+            rate *= 0.5
+        else:
+            break  # no step lowers the loss: at the optimum to rounding
+        theta, previous, current = theta - rate * step, current, candidate
+        if previous - current <= tol * max(1.0, abs(current)):
+            break
+    return theta[:d].copy(), theta[d].copy()
 
 
 def choose_l2(z: np.ndarray, y: np.ndarray, session: np.ndarray, n_classes: int,
@@ -187,7 +222,7 @@ def choose_l2(z: np.ndarray, y: np.ndarray, session: np.ndarray, n_classes: int,
             if len(np.unique(y[~test])) < 2:
                 predicted[test] = np.bincount(y[~test], minlength=n_classes).argmax()
                 continue
-            w, b = fit_logistic(z[~test], y[~test], n_classes, sample_weight[~test], l2=l2, steps=200)
+            w, b = fit_logistic(z[~test], y[~test], n_classes, sample_weight[~test], l2=l2)
             predicted[test] = (z[test] @ w + b).argmax(axis=1)
         f1 = report(y, predicted, [str(k) for k in range(n_classes)])["macro_f1"]
         if f1 > best_f1 + 1e-9:

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
-from conftest import ROOT, SHARED, run_cli
+from conftest import ROOT, SHARED, needs_shared, run_cli
 
 from pi.ingest import sleep, tables
 from pi.reports import sleep as rs
@@ -226,7 +226,7 @@ def test_report_topic_follows_the_device_id():
         config.load(None, ["sleep.timezone=Nowhere/Atlantis"])
 
 
-@pytest.mark.skipif(not (PMDATA / "p01").is_dir(), reason=f"real PMData files not present at {PMDATA}")
+@needs_shared(PMDATA / "p01")
 def test_real_pmdata_person_whole_path(tmp_path):
     """One person's real Fitbit export and wellness file through import and report; the pairs are rebuilt
     here straight from the raw files (by the Oslo date) and the figures compared with scipy."""

@@ -4,13 +4,13 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, SHARED
+from conftest import ROOT, SHARED, SHARED_MISSING
 
 from pi.ingest import e4
 
 DATASET = SHARED / "datasets" / "stress-predict"
 if not (DATASET / "Raw_data" / "S02" / "EDA.csv").exists():
-    pytest.skip(f"the Stress-Predict recordings are not at {DATASET}", allow_module_level=True)
+    pytest.skip(SHARED_MISSING, allow_module_level=True)
 
 
 def test_a_participant_imports_as_seven_named_segments():

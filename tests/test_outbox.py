@@ -229,6 +229,7 @@ def test_paho_transport_reports_a_dead_network_loop(tmp_path):
     t.disconnect()
 
 
+@pytest.mark.slow
 def test_the_watchdog_is_not_fed_once_the_mqtt_loop_is_dead(tmp_path, monkeypatch):
     from pi.service.daemon import Daemon
     from pi.service.device import create

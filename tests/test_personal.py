@@ -212,6 +212,7 @@ def test_a_model_fitted_on_the_old_feature_set_is_skipped_not_fatal():
         old.predict_proba(np.zeros(len(FEATURES)))
 
 
+@pytest.mark.slow
 def test_the_calibrated_simulator_is_far_harder_than_the_emotion_check(tmp_path):
     """Real-spread sessions (drivers.sim.person.REAL_SPREAD) must not be the near-perfect 0.93-1.0 of the
     uncalibrated simulator; averaged over six people so that no single seed decides."""

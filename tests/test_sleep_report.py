@@ -16,8 +16,18 @@ from conftest import ROOT, SHARED, needs_shared, run_cli
 from pi.ingest import sleep, tables
 from pi.reports import sleep as rs
 
-stats = pytest.importorskip("scipy.stats", reason="the report extra is not installed: pip install -e .[report]")
-sm = pytest.importorskip("statsmodels.api", reason="the report extra is not installed: pip install -e .[report]")
+EXTRA_MISSING = "the report extra is not installed: pip install -e .[report]"
+
+
+@pytest.fixture(scope="module")
+def stats():
+    """scipy.stats, imported when a test needs it (statsmodels and SciPy take seconds to import)."""
+    return pytest.importorskip("scipy.stats", reason=EXTRA_MISSING)
+
+
+@pytest.fixture(scope="module")
+def sm():
+    return pytest.importorskip("statsmodels.api", reason=EXTRA_MISSING)
 
 PMDATA = SHARED / "datasets" / "pmdata"
 OSLO = ZoneInfo("Europe/Oslo")
@@ -35,7 +45,7 @@ def synthetic_pairs(seed=1, users=4, nights=30):
     return pairs
 
 
-def test_statistics_match_scipy_and_statsmodels():
+def test_statistics_match_scipy_and_statsmodels(stats, sm):
     pairs = synthetic_pairs()
     out = rs.statistics(pairs)
     x = np.array([p.hours for p in pairs])
@@ -85,7 +95,7 @@ def test_one_person_has_no_within_person_figures_and_few_nights_no_statistics():
     assert few["n"] == 2 and few["pearson_r"] is None and "at least 3" in few["notes"][0]
 
 
-def test_fit_band_matches_statsmodels_prediction():
+def test_fit_band_matches_statsmodels_prediction(sm):
     pairs = synthetic_pairs(seed=3, users=1, nights=40)
     x = np.array([p.hours for p in pairs])
     y = np.array([p.score for p in pairs])
@@ -227,7 +237,7 @@ def test_report_topic_follows_the_device_id():
 
 
 @needs_shared(PMDATA / "p01")
-def test_real_pmdata_person_whole_path(tmp_path):
+def test_real_pmdata_person_whole_path(tmp_path, stats):
     """One person's real Fitbit export and wellness file through import and report; the pairs are rebuilt
     here straight from the raw files (by the Oslo date) and the figures compared with scipy."""
     person = PMDATA / "p01"

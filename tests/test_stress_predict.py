@@ -13,6 +13,7 @@ if not (DATASET / "Raw_data" / "S02" / "EDA.csv").exists():
     pytest.skip(SHARED_MISSING, allow_module_level=True)
 
 
+@pytest.mark.slow
 def test_a_participant_imports_as_seven_named_segments():
     folder = DATASET / "Raw_data" / "S02"
     rec = e4.read_recording(folder)

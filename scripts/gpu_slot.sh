@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU slot, start to checkpoints, on the device machine (run from the repo root by the `run` tool):
 #   bash scripts/gpu_slot.sh [scripts/gpu_slot.py arguments, e.g. --arch hybrid --width 1.0 --seed 2031]
-# Needs .slot/ carried (python scripts/slot_data.py prepare, here): fer2013.xz and the Keras wheels.
+# Needs .slot/ carried (python scripts/slot_data.py prepare, here): fer2013.pack and site.tar.xz (Keras, namex,
+# optree: their wheels unpacked and re-packed, extracted to /tmp/site as pip --target would).
 # BUDGET_S (default 420) is gpu_slot.py's --budget-s; everything lands in $OUT (the tool brings it back):
 # slot.log, run/best.keras, run/last.keras, run/history.csv, run/summary.json. Export happens back here.
 set -uo pipefail
@@ -11,11 +12,11 @@ mkdir -p "$OUT/run"
 exec > >(tee "$OUT/slot.log") 2>&1
 t0=$(date +%s)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-  .slot/whl/*.whl || { echo "installing the carried wheels failed"; exit 3; }
+python3 -c "import tarfile; tarfile.open('.slot/site.tar.xz').extractall('/tmp/site', filter='data')" \
+  || { echo "unpacking the carried packages failed"; exit 3; }
 export PYTHONPATH=/tmp/site KERAS_BACKEND=jax PYTHONUNBUFFERED=1
 python3 -c "import keras, jax; print('keras', keras.__version__, 'jax', jax.__version__, jax.devices())" || exit 4
-python3 scripts/slot_data.py unpack .slot/fer2013.xz /tmp/fer2013 || exit 5
+python3 scripts/slot_data.py unpack .slot/fer2013.pack /tmp/fer2013 || exit 5
 echo "ready after $(( $(date +%s) - t0 )) s"
 # SIGTERM at the budget plus a minute: gpu_slot.py then finishes its epoch and writes its checkpoints
 timeout -k 20 $((BUDGET_S + 60)) python3 scripts/gpu_slot.py --train /tmp/fer2013/fer2013_training.npz \

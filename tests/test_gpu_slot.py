@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import lzma
 import os
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from pi.resources import FACE_SAMPLE, shipped
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from gpu_slot import BudgetPlan, class_weights, learning_rate, macro_f1  # noqa: E402
-from slot_data import pack, reconstruct, residuals, unpack  # noqa: E402
+from slot_data import FILTERS, decode_faces, encode_faces, pack, reconstruct, residuals, unpack  # noqa: E402
 
 HAVE_TF = importlib.util.find_spec("tensorflow") is not None
 HAVE_JAX = importlib.util.find_spec("jax") is not None
@@ -99,12 +100,25 @@ def test_pack_is_lossless_with_duplicates_and_fields():
     dup = np.concatenate([images, images[:7], images[3:5]])
     data = {"images": dup, "labels": np.concatenate([labels, labels[:7], labels[3:5]]).astype(np.int8),
             "classes": np.array(["a", "b"])}
-    back = unpack(pack({"split": data, "other": {"images": images[:5], "labels": labels[:5]}}))
+    other = {"images": np.concatenate([images[:5], 255 - images[2:4]]), "labels": labels[:7]}
+    back = unpack(pack({"split": data, "other": other}, lanes=6))  # lanes=6: several chunks, a short last one
     for key, value in data.items():
         np.testing.assert_array_equal(back["split"][key], value)
-    np.testing.assert_array_equal(back["other"]["images"], images[:5])
+    np.testing.assert_array_equal(back["other"]["images"], other["images"])
     np.testing.assert_array_equal(reconstruct(residuals(images)), images)
     assert back["split"]["images"].dtype == np.uint8
+
+
+def test_face_coder_round_trip_extremes_and_beats_xz():
+    images, _ = _faces()
+    rng = np.random.default_rng(0)
+    odd = np.stack([np.zeros((48, 48), np.uint8), np.full((48, 48), 255, np.uint8),
+                    rng.integers(0, 256, (48, 48), dtype=np.uint8), np.tile(np.uint8([0, 255]), (48, 24))])
+    for faces, lanes in ((images, 7), (odd, 3), (images[:1], 4096)):
+        coded = encode_faces(faces, lanes)
+        np.testing.assert_array_equal(decode_faces(coded), faces)
+    xz = len(lzma.compress(residuals(images).tobytes(), format=lzma.FORMAT_XZ, filters=FILTERS))
+    assert encode_faces(images)["words"].nbytes < xz
 
 
 def test_residuals_are_smaller_than_pixels():

@@ -187,7 +187,8 @@ def test_a_full_disk_costs_the_job_not_the_service(broker, recorder, tmp_path):
         _fill_detections(daemon.device.store._db)
         rec.publish(command, json.dumps({"command": "detect", "request_id": "on-full-disk"}).encode())
         assert rec.wait_for(lambda: any("disk is full" in e["error"] for e in rec.on(errors)), 20), rec.messages
-        assert rec.wait_for(lambda: "disk is full" in (rec.on(status)[-1].get("storage_error") or ""), 5)
+        assert rec.wait_for(lambda: "disk is full" in (rec.on(status)[-1].get("storage_error") or ""), 5), \
+            rec.on(status)
         assert rec.on(status)[-1]["state"] == "online"
         # still answering: a malformed command is rejected with a reason, over the same connection
         rec.publish(command, b'{"command": "detect", "window_s": 1' + b"0" * 500 + b"}")

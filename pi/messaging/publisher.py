@@ -53,7 +53,8 @@ class OutboxPublisher:
         self.connected = threading.Event()
         self.ready = threading.Event()  # connected and every handler's subscription acknowledged
         self.published = 0
-        self.storage_error: str | None = None  # why the outbox last refused a message; None once it stores
+        self.storage_error: str | None = None  # why storage last failed (outbox or store); None once it works
+        self._outbox_refused = False  # whether storage_error is the outbox's own
         self._inflight: dict[int, int] = {}  # transport message id -> outbox row id
         self._acked_early: set[int] = set()
         self._done: list[int] = []  # acknowledged row ids, deleted in batches by the sender
@@ -154,10 +155,10 @@ class OutboxPublisher:
         try:
             self.outbox.put(topic, payload, self.qos, retain, message.get("type", "other"))
         except OutboxError as exc:
-            self.report_storage(str(exc))
+            self.report_storage(str(exc), outbox=True)
             raise
-        if self.storage_error is not None:
-            self.report_storage(None)
+        if self.storage_error is not None and self._outbox_refused:
+            self.report_storage(None)  # the outbox stores again (a failing local store is the job's to clear)
         self.published += 1
         self._wake.set()
 
@@ -166,8 +167,11 @@ class OutboxPublisher:
         payload = encode(message)
         return self.connected.is_set() and self.transport.publish(topic, payload, self.qos, False) is not None
 
-    def report_storage(self, error: str | None) -> None:
-        """Record a storage failure (None: storage works again) and put it in the status right away."""
+    def report_storage(self, error: str | None, outbox: bool = False) -> None:
+        """Record a storage failure (None: storage works again) and put it in the status right away.
+        `outbox`: the outbox itself refused, so its next successful write clears the failure; a failure of
+        the local store is cleared only by a job that completes."""
+        self._outbox_refused = outbox and error is not None
         if error == self.storage_error:
             return
         self.storage_error = error

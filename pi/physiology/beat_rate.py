@@ -56,6 +56,8 @@ class BeatRateEstimator:
             if interval > self.max_interval or (median is not None and interval > 1.6 * median):
                 self._rejected.append(t)  # missed beat(s): restart the interval chain here
                 return
+            if median is None:  # no reference yet: a spurious pulse cannot be told from a beat, so the first
+                return  # intervals only build the reference (a rate from them could be double the true one)
             self._intervals.append((t, interval))
 
     def _prune(self, now: float) -> None:

@@ -181,6 +181,7 @@ def test_camera_vanishing_mid_run_leaves_physiology(broker, tmp_path):
     device = create(cfg, simulate=True)
     device.start()
     try:
+        device.warm_up()  # as the CLI does: the beat-rate estimator has its reference before the window
         device.hw.camera.vanish()
         result = device.detect(3)
     finally:

@@ -140,9 +140,10 @@ class Device:
                     return None
         return None
 
-    def warm_up(self, max_s: float = 6.0) -> None:
+    def warm_up(self, max_s: float = 10.0) -> None:
         """Wait (clock time) until the heart-rate estimator has a rate, so a fresh start's first seconds
-        carry a BPM; gives up after `max_s` (no finger, no ear clip) and lets the records say so."""
+        carry a BPM (it needs a reference of a few beats: about 6 s at 60 BPM); gives up after `max_s` (no
+        finger, no ear clip) and lets the records say so."""
         q = self._listen()
         try:
             for _ in range(int(max_s)):

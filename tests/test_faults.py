@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -19,9 +20,14 @@ TRAIN = "iotsensors/train"
 ERRORS = "iotsensors/emotion-pi-01/error"
 
 
-def start_cli(*args):
-    return subprocess.Popen([sys.executable, "-m", "pi", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def start_cli(*args, capture: bool = False):
+    """The CLI in a subprocess. Its output goes to pipes only when the test reads them (`capture`, then
+    communicate()): an unread pipe fills up and blocks the process's logging, which stalls it mid-session."""
+    if capture:
+        return subprocess.Popen([sys.executable, "-m", "pi", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    with tempfile.TemporaryFile() as sink:  # the child keeps its own descriptor of the file
+        return subprocess.Popen([sys.executable, "-m", "pi", *args], cwd=ROOT, stdout=sink, stderr=sink)
 
 
 @pytest.mark.persistent_broker
@@ -31,7 +37,7 @@ def test_broker_down_30s_in_a_60s_session_loses_nothing(broker, recorder, tmp_pa
     rec = recorder([TRAIN], persistent_session=True)
     proc = start_cli("collect", "--simulate", "--label", "angry", "--duration", "60", "--set",
                      f"mqtt.port={broker.port}", "--set", f"device.data_dir={tmp_path}", "--set",
-                     "mqtt.reconnect_max_delay=2", "--set", "log.format=text")
+                     "mqtt.reconnect_max_delay=2", "--set", "log.format=text", capture=True)
     assert rec.wait_for(lambda: len(rec.on(TRAIN)) >= 12, 40)
     broker.stop()
     time.sleep(30)

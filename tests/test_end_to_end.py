@@ -75,8 +75,9 @@ def test_hat_absent_exits_3_with_a_clear_message(tmp_path):
 
 @pytest.fixture
 def daemon(broker, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "pi", "run", *sim_args(broker, tmp_path)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with open(tmp_path / "daemon.log", "wb") as log:  # a file, not an unread pipe that could fill and block it
+        proc = subprocess.Popen([sys.executable, "-m", "pi", "run", *sim_args(broker, tmp_path)], cwd=ROOT,
+                                stdout=log, stderr=log)
     yield proc
     if proc.poll() is None:
         proc.kill()

@@ -9,7 +9,7 @@ import queue
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 from drivers.sim.button import SimulatedButton
 from pi import sqlite as db_setup
@@ -41,17 +41,23 @@ class Daemon:
         self.active: tuple[Job, float] | None = None  # the job running now, and its clock start
 
     # -- inputs --------------------------------------------------------------------------------------
+    def _parsed(self, parse: Callable[[], Any], source: str, payload: bytes) -> Any:
+        """The parsed payload, or None after answering on the error topic: every rejection gets a reply,
+        a parser bug included (it must not vanish into the MQTT thread's log)."""
+        try:
+            return parse()
+        except CommandError as exc:
+            log.warning("rejected %s: %s", source, exc)
+            self._report_error(str(exc), source, payload)
+        except Exception as exc:
+            log.exception("rejected %s: the parser failed", source)
+            self._report_error(f"{source} could not be parsed: {type(exc).__name__}: {exc}", source, payload)
+        return None
+
     def on_command(self, payload: bytes) -> None:
         """MQTT thread: parse, then queue; bad commands go to the error topic and are otherwise ignored."""
-        try:
-            command = parse_command(payload, self.cfg["collect"]["labels"])
-        except CommandError as exc:
-            log.warning("rejected command: %s", exc)
-            self._report_error(str(exc), "command", payload)
-            return
-        except Exception as exc:  # a parser bug must still answer, not vanish into the MQTT thread's log
-            log.exception("rejected command: the parser failed")
-            self._report_error(f"command could not be parsed: {type(exc).__name__}: {exc}", "command", payload)
+        command = self._parsed(lambda: parse_command(payload, self.cfg["collect"]["labels"]), "command", payload)
+        if command is None:
             return
         if isinstance(command, Stop):
             self.session_stop.set()
@@ -60,17 +66,10 @@ class Daemon:
 
     def on_feedback(self, payload: bytes) -> None:
         """MQTT thread: a correction is validated here and applied in the job loop (one writer)."""
-        try:
-            feedback = parse_feedback(payload, self.cfg["detect"]["emotions"])
-        except CommandError as exc:
-            log.warning("rejected feedback: %s", exc)
-            self._report_error(str(exc), "feedback", payload)
-            return
-        except Exception as exc:
-            log.exception("rejected feedback: the parser failed")
-            self._report_error(f"feedback could not be parsed: {type(exc).__name__}: {exc}", "feedback", payload)
-            return
-        self._enqueue(feedback)
+        feedback = self._parsed(lambda: parse_feedback(payload, self.cfg["detect"]["emotions"]), "feedback",
+                                payload)
+        if feedback is not None:
+            self._enqueue(feedback)
 
     def on_button(self) -> None:
         log.info("button pressed")

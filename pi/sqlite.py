@@ -4,6 +4,12 @@ Both hold a person's physiology, so the data directory is private (0700) and eve
 its -wal and -shm included (SQLite gives those the database file's mode when it creates them, so the file
 is created 0600 before SQLite opens it, and files left by an older version are tightened). WAL mode, so a
 reader never blocks the writer, and a busy timeout instead of an immediate "database is locked".
+
+An existing database file is never opened here, only by SQLite: POSIX locks belong to the process, and
+closing any descriptor of a file drops every lock the process holds on it, SQLite's included. The outbox's
+second connection used to do that to the first one's lock; another process (a reader, a CLI) that then
+closed its connection believed it was the last, checkpointed and deleted the -wal and -shm, and every later
+commit went to the deleted WAL: invisible to other processes and lost when the writer was killed.
 """
 from __future__ import annotations
 
@@ -42,7 +48,10 @@ def connect(path: str | Path, synchronous: str = "FULL") -> sqlite3.Connection:
         raise ValueError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
     path = Path(path)
     private_dir(path.parent)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))  # exists, 0600, before SQLite sees it
+    try:  # exists, 0600, before SQLite sees it; O_EXCL: never a descriptor of a file SQLite may hold (above)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    except FileExistsError:
+        pass
     for suffix in SIDE_FILES:
         side = path.with_name(path.name + suffix)
         try:

@@ -95,6 +95,42 @@ def test_sigkill_mid_session_then_restart_delivers_what_was_accepted(broker, rec
     assert stored and int(stored.group(1)) >= len(accepted)  # the store holds every accepted record
 
 
+OUTBOX_WRITER = """
+import os, signal, sys
+from pi.messaging.outbox import Outbox
+box = Outbox(sys.argv[1])
+box.put("iotsensors/train", b"before", 1, False, "train")
+print("stored", flush=True)
+sys.stdin.readline()
+box.put("iotsensors/train", b"after", 1, False, "train")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_what_the_outbox_accepted_survives_a_kill_after_another_process_read_it(tmp_path):
+    """Another process that opens the outbox and closes it again (this test, an operator's sqlite3) must not
+    take the WAL from under the device. Before, opening the outbox's second connection dropped the device
+    process's lock on the file (pi.sqlite), so the reader's close thought it was the last, checkpointed and
+    deleted the -wal: the device's later commits went to a deleted file, and the kill took them."""
+    path = tmp_path / "outbox.sqlite"
+    writer = subprocess.Popen([sys.executable, "-c", OUTBOX_WRITER, str(path)], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "stored\n"
+        reader = sqlite3.connect(path)
+        assert reader.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 1
+        reader.close()
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        assert writer.wait(10) == -signal.SIGKILL
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    reader = sqlite3.connect(path)
+    assert [bytes(r[0]) for r in reader.execute("SELECT payload FROM outbox ORDER BY id")] == [b"before", b"after"]
+    reader.close()
+
+
 def test_full_outbox_drops_oldest_training_records_first_and_counts(tmp_path, caplog):
     box = Outbox(tmp_path / "o.sqlite", max_messages=100)
     box.put("iotsensors/infer/result", b"result-0", 1, False, "result")

@@ -67,15 +67,15 @@ def test_sigkill_mid_session_then_restart_delivers_what_was_accepted(broker, rec
                 count = sqlite3.connect(outbox_path).execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
             except sqlite3.OperationalError:
                 pass
+    assert proc.poll() is None, f"the collect ended early (exit code {proc.returncode})"
     proc.send_signal(signal.SIGKILL)
     proc.wait(5)
     accepted = [json.loads(row[0]) for row in
                 sqlite3.connect(outbox_path).execute("SELECT payload FROM outbox ORDER BY id").fetchall()]
-    # what matters is that every record accepted before the kill is delivered after it, however many; the
-    # full suite on this 2-core machine has killed the collect after as few as 5 (15 when run alone), and once
-    # with none at all: that stall is not understood yet, so it is reported as an expected failure, visibly
-    if len(accepted) < 3:
-        pytest.xfail(f"the collect stored {len(accepted)} record(s) in 60 s (full-suite stall, under study)")
+    # 15 in about 8 s here. Before, this poll's closing connection could delete the outbox's WAL under the
+    # collect (see test_what_the_outbox_accepted_survives_a_kill_after_another_process_read_it): its count
+    # froze at 0-7 while the collect went on accepting, and the kill lost everything after the freeze
+    assert len(accepted) >= 15, (len(accepted), count)
     rec = recorder([TRAIN, ERRORS])
     daemon = start_cli("run", "--simulate", "--set", f"mqtt.port={broker.port}", "--set",
                        f"device.data_dir={tmp_path}", "--set", "button.enabled=false")

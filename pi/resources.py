@@ -10,6 +10,7 @@ from pathlib import Path
 
 FER_MODEL = ("models", "fer_int8.tflite")
 FER_METADATA = ("models", "fer.json")
+PHYSIO_PRIOR = ("models", "physio_prior.json")
 FACE_SAMPLE = ("drivers.sim", "faces_sample.npz")
 
 

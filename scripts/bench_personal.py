@@ -63,6 +63,9 @@ def main(argv=None) -> int:
     return 0
 
 
+PROTOCOL_START = 1_790_000_000.0
+
+
 def simulate_stress_predict_person(rng: np.random.Generator, seconds: int, user: str = "sim") -> list[dict]:
     """One simulated wearer through rest/stress x3/rest with the real recordings' spreads."""
     s = REAL_SPREAD
@@ -76,7 +79,8 @@ def simulate_stress_predict_person(rng: np.random.Generator, seconds: int, user:
                                   + (d_scl if label == "stress" else 0.0)))
         off = hr + float(rng.normal(0, s["bpm_between_sessions"])) + (d_hr if label == "stress" else 0.0)
         records += simulate_session(label, seconds, seed=int(rng.integers(1 << 30)), baseline_us=max(scl, 0.05),
-                                    hr_offset=off, user=user, session_id=f"{user}-{k}-{label}")
+                                    hr_offset=off, user=user, session_id=f"{user}-{k}-{label}",
+                                    start_wall=PROTOCOL_START + k * seconds)  # worn through, as in the study
     return records
 
 

@@ -8,6 +8,13 @@ with every segment held out in turn. For contrast: a random 80/20 split of secon
 protocol) and the majority class. The PPG comparison runs per 10-s window against the E4's own beat
 intervals, with HeartPy on the same windows.
 
+The model leans on the population prior (`models/physio_prior.json`, see pi.personal.model.PopulationPrior)
+as `fit` does. It never scores a person with a prior fitted on them: a person the shipped prior was fitted
+on gets the same fit refitted on the prior's other people (so scoring one of the 28 imports all of them;
+use --cache), anyone else (people held back from us) gets the shipped prior unchanged, as a new wearer's
+device would. `--write-prior PATH` fits the prior on the people given (how the shipped file was made:
+`--write-prior models/physio_prior.json`); `--no-prior` scores each person on their own recordings alone.
+
 Dataset: Iqbal T. et al., "Stress-Predict Dataset" (2022), MIT licence.
 """
 from __future__ import annotations
@@ -17,17 +24,30 @@ import json
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pi.ingest import e4  # noqa: E402
-from pi.personal.model import build_dataset, leave_one_session_out, random_split  # noqa: E402
+from pi.personal.model import (  # noqa: E402
+    PRIOR_L2,
+    PRIOR_WORTH_S,
+    Dataset,
+    PopulationPrior,
+    build_dataset,
+    fit_population_prior,
+    leave_one_session_out,
+    load_prior,
+    random_split,
+)
+from pi.physiology.sampler import HR_QUALITY_MIN  # noqa: E402
+from pi.resources import PHYSIO_PRIOR  # noqa: E402
 
 PPG_WINDOW_S = 10
 MIN_REF_BEATS = 5  # a window needs this many E4 beat intervals to have a reference rate
-ACCEPT_QUALITY = 0.7  # the device's "ok" threshold on hr_quality (pi.physiology.sampler.SecondRecord.quality)
+STRICTER_QUALITY = 0.7  # the device's earlier gate, for contrast
 
 
 def ppg_windows(rec: e4.Recording, seconds: dict, segments: list[e4.Segment], heartpy: bool) -> list[dict]:
@@ -46,7 +66,7 @@ def ppg_windows(rec: e4.Recording, seconds: dict, segments: list[e4.Segment], he
         ours = None if np.isnan(seconds["bpm"][k]) else float(seconds["bpm"][k])
         row = {"end": float(end), "label": label, "ref_bpm": ref, "bpm": ours,
                "quality": float(seconds["hr_quality"][k]),
-               "accepted": ours is not None and seconds["hr_quality"][k] >= ACCEPT_QUALITY, "heartpy_bpm": None}
+               "accepted": ours is not None and seconds["hr_quality"][k] >= HR_QUALITY_MIN, "heartpy_bpm": None}
         if heartpy:
             i0 = int(round((start - rec.bvp.start) * fs))
             chunk = bvp[max(0, i0):i0 + int(PPG_WINDOW_S * fs)]
@@ -65,11 +85,12 @@ def ppg_windows(rec: e4.Recording, seconds: dict, segments: list[e4.Segment], he
 def ppg_summary(rows: list[dict]) -> dict:
     """MAE on accepted windows that have an E4 reference, acceptance overall and at rest, HeartPy's MAE.
 
-    `at_quality_0.5` repeats ours with the personal model's looser gate (physio_model.MIN_HR_QUALITY).
+    Accepted: the device's gate (pi.physiology.sampler.HR_QUALITY_MIN); `at_quality_0.7` repeats ours with the
+    stricter gate the device used before.
     """
     out = _ppg_summary(rows)
-    loose = [{**r, "accepted": r["bpm"] is not None and r["quality"] >= 0.5} for r in rows]
-    out["at_quality_0.5"] = {k: out_v for k, out_v in _ppg_summary(loose).items()
+    strict = [{**r, "accepted": r["bpm"] is not None and r["quality"] >= STRICTER_QUALITY} for r in rows]
+    out[f"at_quality_{STRICTER_QUALITY}"] = {k: out_v for k, out_v in _ppg_summary(strict).items()
                              if k in ("mae_bpm", "mae_windows", "accepted_fraction", "accepted_fraction_rest")}
     return out
 
@@ -89,7 +110,8 @@ def _ppg_summary(rows: list[dict]) -> dict:
             "heartpy_mae_bpm": float(np.mean(hp_err)) if hp_err else None, "heartpy_windows": len(hp_err)}
 
 
-def evaluate_subject(folder: Path, ppg: bool, heartpy: bool, cache: Path | None) -> tuple[dict, list[dict]]:
+def load_subject(folder: Path, ppg: bool, heartpy: bool, cache: Path | None) -> tuple[Dataset, list[dict], int]:
+    """One person imported as `import-e4 --stress-predict` does: the dataset `fit` sees, PPG windows, segments."""
     rec = e4.read_recording(folder)
     segments = e4.stress_predict_segments(folder, rec)
     cached = cache / f"{folder.name}.npz" if cache else None
@@ -98,19 +120,40 @@ def evaluate_subject(folder: Path, ppg: bool, heartpy: bool, cache: Path | None)
     else:
         seconds = e4.per_second(rec)
         if cached is not None:
-            cache.mkdir(parents=True, exist_ok=True)
+            cached.parent.mkdir(parents=True, exist_ok=True)
             np.savez(cached, **seconds)
     records = e4.session_records(rec, segments, folder.name.lower(), seconds=seconds)
-    ds = build_dataset(records)
-    loso = leave_one_session_out(ds)
-    rand = random_split(ds)
-    row = {"subject": folder.name, "segments": len(segments), "samples": loso["samples"],
-           "macro_f1_loso": round(loso["macro_f1"], 4), "accuracy_loso": round(loso["accuracy"], 4),
-           "macro_f1_random": round(rand["macro_f1"], 4), "macro_f1_majority": round(loso["majority_macro_f1"], 4)}
     windows = ppg_windows(rec, seconds, segments, heartpy) if ppg else []
-    if ppg:
-        row["ppg"] = _rounded(ppg_summary(windows))
-    return row, windows
+    return build_dataset(records), windows, len(segments)
+
+
+def prior_for(name: str, people: dict[str, Dataset], shipped: PopulationPrior | None, worth_s: float | None
+              ) -> PopulationPrior | None:
+    """The population prior this person's model gets, never fitted on this person.
+
+    A person the shipped prior was fitted on gets the same fit without them (leave-one-subject-out, from
+    the shipped prior's other people); anyone else gets the shipped prior as it is, as on a device.
+    Without a shipped prior (`--prior` absent), everyone else loaded here is the population.
+    """
+    if shipped is not None and name not in shipped.subjects:
+        return shipped if worth_s is None else replace(shipped, worth_s=worth_s)
+    pool_names = shipped.subjects if shipped is not None else list(people)
+    pool = {n: people[n] for n in pool_names if n != name and n in people}
+    if not pool:
+        return None
+    people_word = "person" if len(pool) == 1 else "people"
+    return fit_population_prior(pool, l2=shipped.l2 if shipped is not None else PRIOR_L2,
+                                worth_s=worth_s or (shipped.worth_s if shipped is not None else PRIOR_WORTH_S),
+                                source=f"Stress-Predict without {name} ({len(pool)} {people_word})")
+
+
+def evaluate_subject(name: str, ds: Dataset, prior: PopulationPrior | None, n_segments: int) -> dict:
+    loso = leave_one_session_out(ds, prior)
+    rand = random_split(ds, prior=prior)
+    return {"subject": name, "segments": n_segments, "samples": loso["samples"],
+            "macro_f1_loso": round(loso["macro_f1"], 4), "accuracy_loso": round(loso["accuracy"], 4),
+            "macro_f1_random": round(rand["macro_f1"], 4), "macro_f1_majority": round(loso["majority_macro_f1"], 4),
+            "prior": loso["prior"]}
 
 
 def _rounded(d: dict) -> dict:
@@ -127,15 +170,54 @@ def main(argv=None) -> int:
     p.add_argument("--no-heartpy", action="store_true", help="skip HeartPy in the heart-rate comparison")
     p.add_argument("--cache", type=Path, default=None,
                    help="keep each person's per-second import here (npz) to rerun the model faster")
+    p.add_argument("--prior", type=Path, default=None,
+                   help=f"the population prior (default: the shipped {PHYSIO_PRIOR[0]}/{PHYSIO_PRIOR[1]})")
+    p.add_argument("--no-prior", action="store_true", help="each person's own recordings only (the older model)")
+    p.add_argument("--prior-worth", type=float, default=None,
+                   help="override how many seconds of a wearer's own recordings the prior counts as")
+    p.add_argument("--write-prior", type=Path, default=None,
+                   help="fit the population prior on every person given and write it here (the shipped file)")
     args = p.parse_args(argv)
     raw = args.dataset / "Raw_data"
-    names = args.subjects.split(",") if args.subjects else sorted(d.name for d in raw.iterdir() if d.is_dir())
+    available = sorted(d.name for d in raw.iterdir() if d.is_dir())
+    names = args.subjects.split(",") if args.subjects else available
+    missing = [n for n in names if n not in available]
+    if missing:
+        p.error(f"no such subject folder in {raw}: {', '.join(missing)}")
+    shipped = None if args.no_prior or args.write_prior else load_prior(args.prior)
+    # people the shipped prior was fitted on are scored with a prior fitted without them: load its others too
+    needed = list(names)
+    if args.write_prior is None and not args.no_prior:
+        pool = (available if shipped is None else shipped.subjects if any(n in shipped.subjects for n in names)
+                else [])
+        absent = [n for n in pool if n not in available]
+        if absent:
+            print(f"warning: the prior's people {', '.join(absent)} are not in {raw}; their leave-one-out priors "
+                  "are fitted without them", file=sys.stderr)
+        needed += [n for n in pool if n not in needed and n in available]
     t0 = time.time()
+    people: dict[str, Dataset] = {}
+    windows_of: dict[str, list[dict]] = {}
+    segments_of: dict[str, int] = {}
+    for name in needed:
+        scored = name in names
+        ds, windows, n_segments = load_subject(raw / name, scored and not args.no_ppg,
+                                               scored and not (args.no_ppg or args.no_heartpy), args.cache)
+        people[name], windows_of[name], segments_of[name] = ds, windows, n_segments
+    if args.write_prior:
+        fitted = fit_population_prior(people, worth_s=args.prior_worth or PRIOR_WORTH_S,
+                                     source=f"Stress-Predict, {len(people)} people (Iqbal et al. 2022, MIT)")
+        args.write_prior.write_text(json.dumps(fitted.to_json(), indent=1) + "\n")
+        print(f"wrote {args.write_prior}: fitted on {len(people)} people", file=sys.stderr)
+        return 0
     rows, all_windows = [], []
     for name in names:
-        row, windows = evaluate_subject(raw / name, not args.no_ppg, not (args.no_ppg or args.no_heartpy), args.cache)
+        prior = None if args.no_prior else prior_for(name, people, shipped, args.prior_worth)
+        row = evaluate_subject(name, people[name], prior, segments_of[name])
+        if not args.no_ppg:
+            row["ppg"] = _rounded(ppg_summary(windows_of[name]))
         rows.append(row)
-        all_windows += windows
+        all_windows += windows_of[name]
         if not args.json:
             line = (f"{name}: LOSO macro-F1 {row['macro_f1_loso']:.3f}  random split {row['macro_f1_random']:.3f}  "
                     f"majority {row['macro_f1_majority']:.3f}  ({row['samples']} s, {row['segments']} segments)")
@@ -147,6 +229,7 @@ def main(argv=None) -> int:
            "mean_macro_f1_loso": mean("macro_f1_loso"), "mean_macro_f1_random": mean("macro_f1_random"),
            "mean_macro_f1_majority": mean("macro_f1_majority"),
            "min_macro_f1_loso": round(min(r["macro_f1_loso"] for r in rows), 4),
+           "prior": "none" if args.no_prior else "shipped" if shipped is not None else "fitted here",
            "seconds": round(time.time() - t0, 1)}
     if not args.no_ppg:
         out["ppg"] = _rounded(ppg_summary(all_windows))

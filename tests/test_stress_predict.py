@@ -34,14 +34,42 @@ def test_s01_has_no_label_rows_so_its_time_log_labels_it():
     assert segments[0].start >= rec.eda.start  # clipped to the recording
 
 
-def test_the_evaluation_prints_the_three_figures_and_the_ppg_comparison():
-    out = subprocess.run([sys.executable, "scripts/eval_stress_predict.py", str(DATASET), "--subjects", "S06",
-                          "--no-heartpy", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+def _evaluate(*args, timeout=300):
+    return subprocess.run([sys.executable, "scripts/eval_stress_predict.py", str(DATASET), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def small_prior(tmp_path_factory):
+    """A population prior fitted on two people (the shipped one has 28: scoring one of them refits on 27)."""
+    path = tmp_path_factory.mktemp("prior") / "prior.json"
+    out = _evaluate("--subjects", "S02,S03", "--no-ppg", "--write-prior", str(path))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(path.read_text())["subjects"] == ["S02", "S03"]
+    return path
+
+
+def test_the_evaluation_prints_the_three_figures_and_the_ppg_comparison(small_prior):
+    out = _evaluate("--subjects", "S06", "--no-heartpy", "--json", "--prior", str(small_prior))
     assert out.returncode == 0, out.stderr
     d = json.loads(out.stdout)
     for key in ("mean_macro_f1_loso", "mean_macro_f1_random", "mean_macro_f1_majority", "ppg", "subjects"):
         assert key in d
     s = d["subjects"][0]
     assert s["segments"] == 7 and 0 <= s["macro_f1_majority"] < 0.5  # always "rest": F1 0 on stress
+    assert s["prior"] == json.loads(small_prior.read_text())["source"]  # a new person: the prior as it is
     assert set(d["ppg"]) >= {"mae_bpm", "accepted_fraction", "heartpy_mae_bpm"}
     assert 0 < d["ppg"]["accepted_fraction"] <= 1
+
+
+def test_a_person_the_prior_was_fitted_on_is_scored_with_a_prior_fitted_without_them(small_prior):
+    out = _evaluate("--subjects", "S02", "--no-ppg", "--json", "--prior", str(small_prior))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["subjects"][0]["prior"] == "Stress-Predict without S02 (1 person)"
+    alone = json.loads(_evaluate("--subjects", "S02", "--no-ppg", "--json", "--no-prior").stdout)
+    assert alone["subjects"][0]["prior"] is None and alone["prior"] == "none"
+
+
+def test_an_unknown_subject_is_named():
+    out = _evaluate("--subjects", "S99", "--no-ppg")
+    assert out.returncode == 2 and "S99" in out.stderr

@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 SENSOR_STATES = ("ok", "gsr_not_connected", "heart_not_connected", "not_connected")
 
 
+# A second's BPM is trusted when at least half of its recent beat intervals were accepted. Measured on real
+# wrist PPG (Stress-Predict, README): 2.1 BPM from the E4's own beat intervals, 81 % of rest windows kept;
+# 0.7 kept only 49 % for 1.7 BPM. The personal model and the window's reported rate use the same gate.
+HR_QUALITY_MIN = 0.5
+
+
 @dataclass(frozen=True)
 class SecondRecord:
     """Physiology of one second. Conductance/BPM are None when there was no contact or no valid beats."""
@@ -54,7 +60,8 @@ class SecondRecord:
             return "no_contact"
         if self.bpm is None:
             return "no_heart_rate"
-        if self.i2c_errors or self.contact < 1.0 or self.hr_quality < 0.7 or self.late_ticks > self.samples / 10:
+        if (self.i2c_errors or self.contact < 1.0 or self.hr_quality < HR_QUALITY_MIN
+                or self.late_ticks > self.samples / 10):
             return "poor"
         return "ok"
 

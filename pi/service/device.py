@@ -28,7 +28,7 @@ from pi.messaging.publisher import OutboxPublisher, make_publisher
 from pi.personal import fusion
 from pi.personal import model as physio_model
 from pi.personal.feedback import apply_feedback, fused_distribution
-from pi.physiology.sampler import SecondRecord
+from pi.physiology.sampler import HR_QUALITY_MIN, SecondRecord
 from pi.service.hardware import Hardware
 from pi.service.lock import DataDirLock
 from pi.service.store import LocalStore
@@ -83,7 +83,7 @@ class Device:
         self.registry = physio_model.ModelRegistry(cfg["device"]["data_dir"], self.user)
         self.data_dir_lock: DataDirLock | None = None  # this process's claim on the data directory, released by stop()
         self._listeners: list[queue.Queue] = []
-        # the personal model's features look back up to HISTORY_S seconds, more than a detection window
+        # the personal model's features look back HISTORY_S seconds (20 min), across detections and sessions
         self._history: deque[SecondRecord] = deque(maxlen=physio_model.HISTORY_S)
         self._lock = threading.Lock()
         self.heartbeat = lambda: None  # called while waiting for records: the daemon feeds its watchdog here
@@ -315,9 +315,13 @@ class Device:
 
 
 def summarise(seconds: list[SecondRecord]) -> dict:
-    """Window physiology: mean conductance and BPM over the seconds that have them, conductance slope."""
+    """Window physiology: mean conductance and BPM over the seconds that have them, conductance slope.
+
+    A second's BPM counts only if its beat intervals pass the quality gate (HR_QUALITY_MIN): a wrist or ear
+    in motion gives a rate that looks plausible and is wrong, so it is left out rather than averaged in.
+    """
     scl = [(s.t, s.skin_conductance) for s in seconds if s.skin_conductance is not None]
-    bpm = [s.bpm for s in seconds if s.bpm is not None]
+    bpm = [s.bpm for s in seconds if s.bpm is not None and s.hr_quality >= HR_QUALITY_MIN]
     slope = None
     if len(scl) >= 3:
         t, g = np.array(scl).T

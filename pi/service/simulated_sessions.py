@@ -14,9 +14,13 @@ from pi.physiology.sampler import HeartInput, Sampler, SecondRecord
 
 def simulate_session(emotion: str, seconds: int, *, seed: int, baseline_us: float, hr_offset: float,
                      user: str = "sim", session_id: str | None = None, device_id: str = "sim-device",
-                     rate_hz: int = 50, warm_up_s: int = 5) -> list[dict]:
-    """Train records of one session of `seconds` in which the person feels `emotion`."""
-    clock = ManualClock()
+                     rate_hz: int = 50, warm_up_s: int = 5, start_wall: float | None = None) -> list[dict]:
+    """Train records of one session of `seconds` in which the person feels `emotion`.
+
+    `start_wall` (epoch seconds) is when the session's first recorded second ends; sessions given
+    consecutive times follow one another like a worn protocol and share history (pi.personal.model.timelines).
+    """
+    clock = ManualClock() if start_wall is None else ManualClock(wall0=start_wall - warm_up_s - 1.0)
     person = SimulatedPerson(emotion, seed=seed, baseline_us=baseline_us, hr_offset=hr_offset)
     bus = SimulatedSMBus(clock=clock)
     person.attach(bus, 0, 4)

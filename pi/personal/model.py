@@ -190,11 +190,6 @@ def timeline_samples(timeline: list[dict], walls: np.ndarray) -> list[np.ndarray
     return [None if np.isnan(feats[k]).any() else feats[k] for k in slot]
 
 
-def session_samples(records: list[dict]) -> list[np.ndarray]:
-    """Trailing-window features for every second of one session on its own (records sorted by seq)."""
-    return [f for f in timeline_samples(records, np.arange(len(records), dtype=float)) if f is not None]
-
-
 @dataclass
 class Dataset:
     x: np.ndarray  # raw features, one row per second

@@ -100,6 +100,19 @@ def test_sessions_worn_in_sequence_share_history_and_overlapping_ones_stand_alon
     assert len(timelines(rest + later)) == 2
 
 
+def test_a_session_overlapping_an_earlier_long_one_stands_alone_even_after_a_short_one():
+    long = _session("long", "rest", T0, 1000, bpm=70.0)
+    short = _session("short", "stress", T0 + 10, 20, bpm=90.0)  # inside the long one: alone
+    overlapping = _session("overlap", "stress", T0 + 40, 60, bpm=90.0)  # after the short one, inside the long
+    after = _session("after", "stress", T0 + 1005, 60, bpm=90.0)  # the long one is its recent past
+    parts = timelines(long + short + overlapping + after)
+    assert sorted(f"{recs[0]['session_id']}/{len(recs)}" for recs, _ in parts) == [
+        "long/1060", "overlap/60", "short/20"]
+    ds = build_dataset(long + short + overlapping + after)
+    assert dict(zip(FEATURES, ds.x[ds.session == "overlap"][-1]))["bpm_rel_300"] == pytest.approx(0.0)
+    assert dict(zip(FEATURES, ds.x[ds.session == "after"][0]))["bpm_rel_300"] > 0  # after the long rest
+
+
 def _rest_stress_person(rng, user, start, seconds=120, drift=0.0):
     """Seven alternating rest/stress sessions in sequence: stress raises heart rate and conductance."""
     records, hr, scl = [], float(rng.normal(70, 8)), float(np.exp(rng.normal(1.0, 0.4)))

@@ -149,10 +149,10 @@ def _wall(record: dict) -> float:
 def timelines(records: list[dict]) -> list[tuple[list[dict], np.ndarray]]:
     """The wearer's records as continuous timelines (records, wall times): sessions in sequence share history.
 
-    A session joins the timeline before it when it starts after that timeline's last second and within
-    HISTORY_S of it, as on a device worn through a protocol (the trailing minutes are the wearer's recent
-    past, whatever the session). Sessions that overlap in time (simulations, one period imported twice)
-    each stand alone.
+    A session joins the timeline that ran last when it starts after every earlier session's last second
+    and within HISTORY_S of it, as on a device worn through a protocol (the trailing minutes are the
+    wearer's recent past, whatever the session). Sessions that overlap in time (simulations, one period
+    imported twice) each stand alone: also one that starts after a short session but inside a long one.
     """
     by_session: dict[str, list[dict]] = defaultdict(list)
     for r in records:
@@ -163,14 +163,18 @@ def timelines(records: list[dict]) -> list[tuple[list[dict], np.ndarray]]:
         walls = [_wall(r) for r in recs]
         spans.append((min(walls), max(walls), recs, walls))
     spans.sort(key=lambda span: (span[0], span[1]))
-    joined: list[tuple[float, list[dict], list[float]]] = []
+    joined: list[tuple[list[dict], list[float]]] = []
+    end, latest = -np.inf, -1  # the last second seen so far, and the timeline it belongs to
     for first, last, recs, walls in spans:
-        if joined and joined[-1][0] < first <= joined[-1][0] + HISTORY_S:
-            _, prev_recs, prev_walls = joined[-1]
-            joined[-1] = (last, prev_recs + recs, prev_walls + walls)
-        else:
-            joined.append((last, list(recs), list(walls)))
-    return [(recs, np.array(walls)) for _, recs, walls in joined]
+        if joined and end < first <= end + HISTORY_S:
+            prev_recs, prev_walls = joined[latest]
+            joined[latest] = (prev_recs + recs, prev_walls + walls)
+            end = last
+            continue
+        joined.append((list(recs), list(walls)))
+        if last > end:
+            end, latest = last, len(joined) - 1
+    return [(recs, np.array(walls)) for recs, walls in joined]
 
 
 def timeline_samples(timeline: list[dict], walls: np.ndarray) -> list[np.ndarray | None]:

@@ -100,6 +100,18 @@ def test_sessions_worn_in_sequence_share_history_and_overlapping_ones_stand_alon
     assert len(timelines(rest + later)) == 2
 
 
+def test_sessions_joined_half_a_second_apart_never_share_a_second():
+    rest = _session("rest-1", "rest", T0, 300, bpm=70.0)
+    stress = _session("stress-1", "stress", T0 + 299.4, 120, bpm=90.0)  # rounds onto the rest's last second
+    [(recs, slots)] = timelines(rest + stress)
+    assert np.array_equal(slots, np.arange(420))
+    ds = build_dataset(rest + stress)
+    last_rest = dict(zip(FEATURES, ds.x[ds.session == "rest-1"][-1]))
+    assert last_rest["bpm_mean"] == pytest.approx(70.0)  # not overwritten by the stress session's first second
+    first_stress = dict(zip(FEATURES, ds.x[ds.session == "stress-1"][0]))
+    assert first_stress["bpm_mean"] == pytest.approx((29 * 70 + 90) / 30)
+
+
 def test_a_session_overlapping_an_earlier_long_one_stands_alone_even_after_a_short_one():
     long = _session("long", "rest", T0, 1000, bpm=70.0)
     short = _session("short", "stress", T0 + 10, 20, bpm=90.0)  # inside the long one: alone

@@ -147,12 +147,14 @@ def _wall(record: dict) -> float:
 
 
 def timelines(records: list[dict]) -> list[tuple[list[dict], np.ndarray]]:
-    """The wearer's records as continuous timelines (records, wall times): sessions in sequence share history.
+    """The wearer's records as continuous timelines (records, grid second of each): sessions in sequence share history.
 
     A session joins the timeline that ran last when it starts after every earlier session's last second
     and within HISTORY_S of it, as on a device worn through a protocol (the trailing minutes are the
-    wearer's recent past, whatever the session). Sessions that overlap in time (simulations, one period
-    imported twice) each stand alone: also one that starts after a short session but inside a long one.
+    wearer's recent past, whatever the session); it is laid out from its own start, rounded to the grid,
+    and never before the timeline's last second (sessions half a second apart must not share one).
+    Sessions that overlap in time (simulations, one period imported twice) each stand alone: also one that
+    starts after a short session but inside a long one.
     """
     by_session: dict[str, list[dict]] = defaultdict(list)
     for r in records:
@@ -160,38 +162,40 @@ def timelines(records: list[dict]) -> list[tuple[list[dict], np.ndarray]]:
     spans = []
     for recs in by_session.values():
         recs.sort(key=lambda r: r["seq"])
-        walls = [_wall(r) for r in recs]
-        spans.append((min(walls), max(walls), recs, walls))
+        walls = np.array([_wall(r) for r in recs])
+        spans.append((float(walls.min()), float(walls.max()), recs, np.round(walls - walls.min()).astype(int)))
     spans.sort(key=lambda span: (span[0], span[1]))
-    joined: list[tuple[list[dict], list[float]]] = []
+    joined: list[tuple[float, list[dict], list[np.ndarray], int]] = []  # start wall, records, slots, grid size
     end, latest = -np.inf, -1  # the last second seen so far, and the timeline it belongs to
-    for first, last, recs, walls in spans:
+    for first, last, recs, local in spans:
         if joined and end < first <= end + HISTORY_S:
-            prev_recs, prev_walls = joined[latest]
-            joined[latest] = (prev_recs + recs, prev_walls + walls)
+            start, prev_recs, slots, size = joined[latest]
+            offset = max(int(round(first - start)), size)
+            joined[latest] = (start, prev_recs + recs, [*slots, local + offset], offset + int(local.max()) + 1)
             end = last
             continue
-        joined.append((list(recs), list(walls)))
+        joined.append((first, list(recs), [local], int(local.max()) + 1))
         if last > end:
             end, latest = last, len(joined) - 1
-    return [(recs, np.array(walls)) for recs, walls in joined]
+    return [(recs, np.concatenate(slots)) for _, recs, slots, _ in joined]
 
 
-def timeline_samples(timeline: list[dict], walls: np.ndarray) -> list[np.ndarray | None]:
+def timeline_samples(timeline: list[dict], slots: np.ndarray) -> list[np.ndarray | None]:
     """Features for every record of one timeline (None where its window is too sparse).
 
-    The records are laid on a one-second grid by wall time, so a gap is missing seconds, as on the device.
+    The records are laid on a one-second grid at `slots` (from `timelines`), so a gap is missing seconds,
+    as on the device.
     """
     if not timeline:
         return []
-    slot = np.round(walls - walls.min()).astype(int)
-    scl, bpm = np.full(int(slot.max()) + 1, np.nan), np.full(int(slot.max()) + 1, np.nan)
-    for k, r in zip(slot, timeline):
+    size = int(slots.max()) + 1
+    scl, bpm = np.full(size, np.nan), np.full(size, np.nan)
+    for k, r in zip(slots, timeline):
         v, b = r["skin_conductance"], _bpm_of(r)
         scl[k] = np.nan if v is None else v
         bpm[k] = np.nan if b is None else b
     feats = series_features(scl, bpm)
-    return [None if np.isnan(feats[k]).any() else feats[k] for k in slot]
+    return [None if np.isnan(feats[k]).any() else feats[k] for k in slots]
 
 
 @dataclass
@@ -214,8 +218,8 @@ def build_dataset(records: list[dict], extra: Sequence[tuple[np.ndarray, str]] =
     as they are now, while a session contributes one row per second.
     """
     rows, labels, sessions, baseline_rows = [], [], [], []
-    for timeline, walls in timelines(records):
-        for r, features in zip(timeline, timeline_samples(timeline, walls)):
+    for timeline, slots in timelines(records):
+        for r, features in zip(timeline, timeline_samples(timeline, slots)):
             if features is None:
                 continue
             if r["mood"] == BASELINE_LABEL:

@@ -100,6 +100,58 @@ def test_sessions_worn_in_sequence_share_history_and_overlapping_ones_stand_alon
     assert len(timelines(rest + later)) == 2
 
 
+def _timed(session_id, label, walls, bpm, scl=4.0):
+    """A session whose k-th record (seq k) ends at walls[k]: a wall clock that may step mid-session."""
+    out = []
+    for seq, wall in enumerate(walls):
+        second = SecondRecord(t=float(seq), wall=float(wall), skin_conductance=scl, bpm=bpm, contact=1.0,
+                              hr_quality=1.0, samples=50, i2c_errors=0, late_ticks=0)
+        out.append(messages.train_record("dev", "ann", session_id, seq, label, second))
+    return out
+
+
+def _grid_spy(monkeypatch, longest):
+    """Make series_features refuse a grid longer than `longest` seconds (fast, instead of exhausting memory)."""
+    real = physio_model.series_features
+
+    def spy(scl, bpm):
+        assert len(bpm) <= longest, f"a {len(bpm)}-second grid for {longest} recorded seconds"
+        return real(scl, bpm)
+
+    monkeypatch.setattr(physio_model, "series_features", spy)
+
+
+@pytest.mark.parametrize("step_s", [30 * 86_400.0, -86_400.0])
+def test_a_wall_clock_step_inside_a_session_cuts_the_timeline_instead_of_stretching_the_grid(monkeypatch, step_s):
+    # an NTP step on a Pi without a real-time clock, 30 days forward or a day back, halfway through a session
+    walls = [T0 + k + (step_s if k >= 300 else 0.0) for k in range(600)]
+    records = _timed("s", "rest", walls, bpm=70.0) + _session("t", "stress", T0 + 700, 300, bpm=90.0)
+    _grid_spy(monkeypatch, 1000)  # the session's first half and the next session: 1000 s of wall time
+    parts = timelines(records)
+    assert all(len(slots) == len(recs) and slots.max() < 1000 for recs, slots in parts)
+    assert sum(len(recs) for recs, _ in parts) == 900
+    after_step = [recs for recs, _ in parts if (recs[0]["session_id"], recs[0]["seq"]) == ("s", 300)]
+    assert len(after_step) == 1 and len(after_step[0]) == 300  # the part after the step stands alone
+    ds = build_dataset(records)
+    assert len(ds.y) == 900 - 3 * (physio_model.MIN_VALID - 1)  # each of the 3 stretches after a gap starts sparse
+
+
+def test_a_session_is_laid_out_by_seq_so_a_small_clock_step_neither_stretches_nor_folds_it():
+    walls = [T0 + k + (600.0 if k >= 100 else 0.0) for k in range(200)]  # 10 min forward: within the history
+    [(recs, slots)] = timelines(_timed("s", "rest", walls, bpm=70.0))
+    assert np.array_equal(slots, np.arange(200)) and [r["seq"] for r in recs] == list(range(200))
+
+
+def test_no_timeline_is_laid_on_a_grid_longer_than_the_cap(monkeypatch):
+    monkeypatch.setattr(physio_model, "MAX_GRID_S", 100)
+    # a 250-s session goes on as three timelines; the next session would take the last past the cap
+    parts = timelines(_session("long", "rest", T0, 250, bpm=70.0) + _session("next", "rest", T0 + 250, 60, bpm=70.0))
+    assert [len(recs) for recs, _ in parts] == [100, 100, 50, 60]
+    assert all(slots.max() < 100 for _, slots in parts)
+    with pytest.raises(ValueError, match="grid"):
+        physio_model.timeline_samples(parts[0][0], np.arange(100) * 2)
+
+
 def test_sessions_joined_half_a_second_apart_never_share_a_second():
     rest = _session("rest-1", "rest", T0, 300, bpm=70.0)
     stress = _session("stress-1", "stress", T0 + 299.4, 120, bpm=90.0)  # rounds onto the rest's last second

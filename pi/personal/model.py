@@ -39,6 +39,7 @@ SCALES = (WINDOW_S, 60, 120)  # BPM mean and ln-SCL slope at each
 LEVEL_S = 60  # "now" for the level features: the mean of the last minute ...
 RELATIVE_S = (300, 600, 1200)  # ... and that mean minus the wearer's own mean over the trailing 5, 10, 20 min
 HISTORY_S = max(RELATIVE_S)  # a window's features look back this many seconds
+MAX_GRID_S = 86_400  # the longest timeline laid on one grid (a day: ~10 MB of features on a Pi)
 MIN_VALID = 5
 MIN_HR_QUALITY = HR_QUALITY_MIN  # a second whose beat intervals were mostly rejected has no trustworthy BPM
 L2_GRID = (0.01, 0.1, 1.0)  # the penalty is chosen per wearer by an inner leave-one-session-out
@@ -146,6 +147,41 @@ def _wall(record: dict) -> float:
     return datetime.datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
+@dataclass
+class _Run:
+    """Records of one session that the wall clock and seq agree are continuous, laid out by seq."""
+
+    first: float  # wall time of the first record
+    last: float  # wall time of the last record
+    records: list[dict]
+    slots: np.ndarray  # grid second of each record from the run's start: seq - first seq
+
+
+def _runs(recs: list[dict]) -> list[_Run]:
+    """One session's records (sorted by seq) cut where its wall clock cannot be trusted as one timeline.
+
+    A Pi without a real-time clock steps its clock when NTP syncs, days forward or some seconds back, even
+    inside a session: the session is cut where the wall time goes backwards or jumps ahead by more than the
+    history the features use (HISTORY_S), and where seq skips that much. Within a run the records are
+    laid out by seq, the device's own count of seconds, so a smaller step neither stretches nor folds it.
+    """
+    walls = np.array([_wall(r) for r in recs])
+    seqs = np.array([int(r["seq"]) for r in recs])
+    step_wall, step_seq = np.diff(walls), np.diff(seqs)
+    cut = (step_wall < 0) | (step_wall > HISTORY_S) | (step_seq > HISTORY_S)
+    bounds = [0, *(np.flatnonzero(cut) + 1).tolist(), len(recs)]
+    out = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        slots = seqs[lo:hi] - seqs[lo]
+        # a single run longer than a grid may be (days worn without a break) goes on as further runs
+        for part in range(0, int(slots[-1]) + 1, MAX_GRID_S):
+            keep = np.flatnonzero((slots >= part) & (slots < part + MAX_GRID_S))
+            if len(keep):
+                i, j = lo + keep[0], lo + keep[-1]
+                out.append(_Run(float(walls[i]), float(walls[j]), recs[i:j + 1], slots[keep] - slots[keep[0]]))
+    return out
+
+
 def timelines(records: list[dict]) -> list[tuple[list[dict], np.ndarray]]:
     """The wearer's records as continuous timelines (records, grid second of each): sessions in sequence share history.
 
@@ -154,29 +190,31 @@ def timelines(records: list[dict]) -> list[tuple[list[dict], np.ndarray]]:
     wearer's recent past, whatever the session); it is laid out from its own start, rounded to the grid,
     and never before the timeline's last second (sessions half a second apart must not share one).
     Sessions that overlap in time (simulations, one period imported twice) each stand alone: also one that
-    starts after a short session but inside a long one.
+    starts after a short session but inside a long one. So does the part of a session after a wall-clock
+    step (`_runs`). No timeline spans more than MAX_GRID_S seconds.
     """
     by_session: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         by_session[r["session_id"]].append(r)
-    spans = []
+    runs: list[_Run] = []
     for recs in by_session.values():
         recs.sort(key=lambda r: r["seq"])
-        walls = np.array([_wall(r) for r in recs])
-        spans.append((float(walls.min()), float(walls.max()), recs, np.round(walls - walls.min()).astype(int)))
-    spans.sort(key=lambda span: (span[0], span[1]))
+        runs += _runs(recs)
+    runs.sort(key=lambda run: (run.first, run.last))
     joined: list[tuple[float, list[dict], list[np.ndarray], int]] = []  # start wall, records, slots, grid size
     end, latest = -np.inf, -1  # the last second seen so far, and the timeline it belongs to
-    for first, last, recs, local in spans:
-        if joined and end < first <= end + HISTORY_S:
-            start, prev_recs, slots, size = joined[latest]
-            offset = max(int(round(first - start)), size)
-            joined[latest] = (start, prev_recs + recs, [*slots, local + offset], offset + int(local.max()) + 1)
-            end = last
-            continue
-        joined.append((first, list(recs), [local], int(local.max()) + 1))
-        if last > end:
-            end, latest = last, len(joined) - 1
+    for run in runs:
+        if joined and end < run.first <= end + HISTORY_S:
+            start, recs, slots, size = joined[latest]
+            offset = max(int(round(run.first - start)), size)
+            if offset + int(run.slots[-1]) < MAX_GRID_S:
+                joined[latest] = (start, recs + run.records, [*slots, run.slots + offset],
+                                  offset + int(run.slots[-1]) + 1)
+                end = run.last
+                continue
+        joined.append((run.first, list(run.records), [run.slots], int(run.slots[-1]) + 1))
+        if run.last > end:
+            end, latest = run.last, len(joined) - 1
     return [(recs, np.concatenate(slots)) for _, recs, slots, _ in joined]
 
 
@@ -184,11 +222,14 @@ def timeline_samples(timeline: list[dict], slots: np.ndarray) -> list[np.ndarray
     """Features for every record of one timeline (None where its window is too sparse).
 
     The records are laid on a one-second grid at `slots` (from `timelines`), so a gap is missing seconds,
-    as on the device.
+    as on the device; a grid longer than MAX_GRID_S is refused rather than allowed to exhaust memory.
     """
     if not timeline:
         return []
     size = int(slots.max()) + 1
+    if slots.min() < 0 or size > MAX_GRID_S:
+        raise ValueError(f"a timeline's grid must lie within 0..{MAX_GRID_S} s, got {slots.min()}..{size - 1} "
+                         "(lay records out with `timelines`)")
     scl, bpm = np.full(size, np.nan), np.full(size, np.nan)
     for k, r in zip(slots, timeline):
         v, b = r["skin_conductance"], _bpm_of(r)

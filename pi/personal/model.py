@@ -311,13 +311,21 @@ def _balanced_omega(y: np.ndarray, n_classes: int, sample_weight: np.ndarray | N
 
 
 def _data_hessian(x: np.ndarray, theta: np.ndarray, omega: np.ndarray) -> np.ndarray:
-    """Hessian of the weighted softmax loss: sum_i w_i x_i x_i^T (diag(p_i) - p_i p_i^T), as (feature, class)^2."""
-    n_classes = theta.shape[1]
+    """Hessian of the weighted softmax loss: sum_i w_i x_i x_i^T (diag(p_i) - p_i p_i^T), as (feature, class)^2.
+
+    Built one (class, class) block at a time, x^T diag(w p_c (delta_ck - p_k)) x, so memory stays at one
+    copy of x: per-row (feature, feature) and (class, class) products cost ~1.8 KB a labelled second, too
+    much for weeks of labels on a Pi.
+    """
+    n_features, n_classes = x.shape[1], theta.shape[1]
     p = softmax(x @ theta)
-    curvature = omega[:, None, None] * (p[:, :, None] * np.eye(n_classes) - p[:, :, None] * p[:, None, :])
-    outer = x[:, :, None] * x[:, None, :]
-    hessian = np.tensordot(outer, curvature, axes=([0], [0])).transpose(0, 2, 1, 3)
-    size = x.shape[1] * n_classes
+    hessian = np.empty((n_features, n_classes, n_features, n_classes))
+    for c in range(n_classes):
+        for k in range(c, n_classes):
+            block = x.T @ (x * (omega * p[:, c] * (float(c == k) - p[:, k]))[:, None])
+            hessian[:, c, :, k] = block
+            hessian[:, k, :, c] = block  # the (k, c) block has the same row weights
+    size = n_features * n_classes
     return hessian.reshape(size, size)
 
 

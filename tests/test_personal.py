@@ -187,6 +187,32 @@ def test_carer_corrections_over_mqtt_improve_the_personal_model(broker, recorder
     assert registry.current().version == 1
 
 
+def test_a_corrupt_shipped_prior_does_not_stop_a_feedback_refit(tmp_path, monkeypatch):
+    from pi.errors import NoPriorWarning
+    from pi.personal.feedback import refit_from_feedback
+    from pi.personal.model import FEATURES
+
+    broken = tmp_path / "physio_prior.json"
+    broken.write_text("{not json")
+    monkeypatch.setattr(physio_model, "shipped", lambda resource: broken)
+    records = sessions_for("default", 3.0, 0.0, reps=2, seconds=20, with_baseline=False)
+    ds = build_dataset(records)
+    corrections = [(f"r{i}", ds.classes[ds.y[i]], {f"feature_{n}": float(v) for n, v in zip(FEATURES, ds.x[i])}, {})
+                   for i in range(0, len(ds.y), 13)][:9]
+
+    class Store:
+        def feedback(self, user):
+            return corrections
+
+        def records(self, user):
+            return records
+
+    cfg = config.load(None, ["feedback.min_examples=6"])
+    with pytest.warns(NoPriorWarning, match="without the population prior"):
+        report = refit_from_feedback(cfg, Store(), ModelRegistry(tmp_path, "default"))
+    assert report["refit"] and report["held_out"] == 3
+
+
 def test_registry_hot_reloads_after_install_and_rolls_back(tmp_path):
     records = sessions_for("eve", 3.0, 0.0, reps=2, seconds=20, with_baseline=False)
     registry = ModelRegistry(tmp_path, "eve")

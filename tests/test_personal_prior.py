@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 
+from pi.errors import NoPriorWarning
 from pi.messaging import messages
 from pi.personal import model as physio_model
 from pi.personal.model import (
@@ -246,6 +247,19 @@ def test_a_broken_prior_file_is_named_in_the_error(tmp_path, text, says):
     with pytest.raises(ValueError, match=says) as err:
         load_prior(path)
     assert str(path) in str(err.value)
+
+
+def test_a_corrupt_shipped_prior_degrades_fit_to_the_wearers_own_data_and_a_named_one_stays_fatal(
+        tmp_path, monkeypatch):
+    broken = tmp_path / "physio_prior.json"
+    broken.write_text('{"classes": ["rest", "stress"], "theta": [[1')  # e.g. cut short by a failed update
+    monkeypatch.setattr(physio_model, "shipped", lambda resource: broken)
+    wearer = _rest_stress_person(np.random.default_rng(3), "new", T0)
+    with pytest.warns(NoPriorWarning, match="cannot read the population prior.*without the population prior"):
+        report, model = fit_user(wearer, ModelRegistry(tmp_path, "new"))  # `emotion-edge fit` on the device
+    assert report["prior"] is None and "macro_f1" in report
+    with pytest.raises(ValueError, match="cannot read the population prior"):
+        load_prior(broken)  # a prior the user names (eval_stress_predict --prior) is not second-guessed
 
 
 def test_the_shipped_prior_is_for_the_devices_features_and_was_fitted_on_real_people():

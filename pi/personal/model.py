@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pi.errors import NoPriorWarning
 from pi.metrics import report
 from pi.physiology.sampler import HR_QUALITY_MIN
 from pi.resources import PHYSIO_PRIOR, shipped
@@ -496,6 +498,19 @@ def load_prior(path: str | Path | None = None) -> PopulationPrior | None:
         raise ValueError(f"{path}: {exc}") from exc
 
 
+def shipped_prior() -> PopulationPrior | None:
+    """The shipped population prior for the device's own fits; None, with a warning, if it cannot be read.
+
+    A corrupt file on a device must not stop `fit` or a feedback refit: the wearer is fitted on their own
+    data, as before the prior shipped. A prior a user names (`load_prior(path)`) stays strict.
+    """
+    try:
+        return load_prior()
+    except ValueError as exc:
+        warnings.warn(f"{exc}; fitting without the population prior", NoPriorWarning, stacklevel=2)
+        return None
+
+
 def choose_l2(z: np.ndarray, y: np.ndarray, session: np.ndarray, n_classes: int,
               sample_weight: np.ndarray | None = None, grid: Sequence[float] = L2_GRID) -> float:
     """The L2 penalty with the best leave-one-session-out macro-F1 on these rows (ties: the stronger).
@@ -720,10 +735,11 @@ def fit_user(records: list[dict], registry: ModelRegistry, extra=(), prior: Popu
     """Evaluate leave-one-session-out; train and install a new version if it beats the majority class.
 
     The population prior is `prior`, else the shipped one (`models/physio_prior.json`, fitted on the
-    Stress-Predict recordings) unless `use_shipped_prior` is false; it applies only to its own classes.
+    Stress-Predict recordings; none if it is unreadable: `shipped_prior`) unless `use_shipped_prior` is
+    false; it applies only to its own classes.
     """
     if prior is None and use_shipped_prior:
-        prior = load_prior()
+        prior = shipped_prior()
     ds = build_dataset(records, extra)
     if len(ds.classes) < 2:
         return {"installed": False, "reason": f"need sessions of at least two labels, have {ds.classes}",

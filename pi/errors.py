@@ -18,7 +18,7 @@ from drivers.errors import (
 __all__ = ["EmotionEdgeError", "ConfigError", "HardwareError", "I2CError", "HatNotFoundError",
            "ImplausibleReadingError", "CameraError", "PinFactoryError", "ModelError", "CommandError",
            "PublishError", "DegradedWarning", "NoCameraWarning", "NoFaceModelWarning", "SlowKernelsWarning",
-           "EmptySceneWarning"]
+           "EmptySceneWarning", "NoPriorWarning"]
 
 
 class ConfigError(EmotionEdgeError, ValueError):
@@ -69,3 +69,7 @@ class SlowKernelsWarning(DegradedWarning):
 
 class EmptySceneWarning(DegradedWarning):
     """The simulated camera's face source is missing: it shows a scene without a face."""
+
+
+class NoPriorWarning(DegradedWarning):
+    """The shipped population prior is unreadable: personal models are fitted on the wearer's data alone."""

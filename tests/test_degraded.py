@@ -2,7 +2,14 @@
 import numpy as np
 import pytest
 
-from pi.errors import DegradedWarning, EmptySceneWarning, NoCameraWarning, NoFaceModelWarning, SlowKernelsWarning
+from pi.errors import (
+    DegradedWarning,
+    EmptySceneWarning,
+    NoCameraWarning,
+    NoFaceModelWarning,
+    NoPriorWarning,
+    SlowKernelsWarning,
+)
 from pi.resources import FER_METADATA, FER_MODEL, shipped
 from pi.service import config
 from pi.service.device import load_face_pipeline
@@ -49,5 +56,5 @@ def test_a_graph_the_delegate_refuses_runs_on_the_builtin_kernels(monkeypatch):
 
 
 def test_every_specific_warning_is_a_degraded_warning():
-    for w in (NoCameraWarning, NoFaceModelWarning, SlowKernelsWarning, EmptySceneWarning):
+    for w in (NoCameraWarning, NoFaceModelWarning, SlowKernelsWarning, EmptySceneWarning, NoPriorWarning):
         assert issubclass(w, DegradedWarning) and issubclass(w, UserWarning)

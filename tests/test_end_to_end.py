@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from conftest import ROOT, run_cli
 
@@ -57,6 +58,22 @@ def test_detect_publishes_window_and_result_with_one_request_id(broker, recorder
     expected = max(fused, key=fused.get) if published["confidence"] >= 0.4 else "uncertain"
     assert published["emotion"] == expected
 
+
+
+def test_the_windows_bpm_series_passes_the_same_quality_gate_as_its_bpm_mean():
+    from pi.messaging import messages
+    from pi.physiology.sampler import HR_QUALITY_MIN, SecondRecord
+    from pi.service.device import summarise
+
+    seconds = [SecondRecord(t=float(k), wall=1_790_000_000.0 + k, skin_conductance=4.0, bpm=bpm, contact=1.0,
+                            hr_quality=quality, samples=50, i2c_errors=0, late_ticks=0)
+               for k, (bpm, quality) in enumerate([(70.0, 1.0), (130.0, HR_QUALITY_MIN - 0.1), (72.0, HR_QUALITY_MIN),
+                                                   (None, 0.0)])]
+    summary = summarise(seconds)
+    window = messages.window_message("dev", "u", "r1", seconds, summary, 0, 0, "none")
+    assert window["bpm_series"] == [70.0, None, 72.0, None]  # the 130 of a moving wrist is not reported
+    assert window["bpm_mean"] == pytest.approx(71.0)
+    assert window["bpm_mean"] == pytest.approx(np.mean([b for b in window["bpm_series"] if b is not None]))
 
 def test_broken_config_exits_2_naming_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"

@@ -6,6 +6,7 @@ import pytest
 from conftest import ROOT, run_cli
 
 from pi.personal import fusion
+from pi.personal import model as physio_model
 from pi.personal.model import ModelRegistry, build_dataset, fit_logistic, fit_user, leave_one_session_out, zscore
 from pi.service import config
 from pi.service.simulated_sessions import simulate_session
@@ -186,6 +187,32 @@ def test_carer_corrections_over_mqtt_improve_the_personal_model(broker, recorder
     assert registry.current().version == 1
 
 
+def test_a_corrupt_shipped_prior_does_not_stop_a_feedback_refit(tmp_path, monkeypatch):
+    from pi.errors import NoPriorWarning
+    from pi.personal.feedback import refit_from_feedback
+    from pi.personal.model import FEATURES
+
+    broken = tmp_path / "physio_prior.json"
+    broken.write_text("{not json")
+    monkeypatch.setattr(physio_model, "shipped", lambda resource: broken)
+    records = sessions_for("default", 3.0, 0.0, reps=2, seconds=20, with_baseline=False)
+    ds = build_dataset(records)
+    corrections = [(f"r{i}", ds.classes[ds.y[i]], {f"feature_{n}": float(v) for n, v in zip(FEATURES, ds.x[i])}, {})
+                   for i in range(0, len(ds.y), 13)][:9]
+
+    class Store:
+        def feedback(self, user):
+            return corrections
+
+        def records(self, user):
+            return records
+
+    cfg = config.load(None, ["feedback.min_examples=6"])
+    with pytest.warns(NoPriorWarning, match="without the population prior"):
+        report = refit_from_feedback(cfg, Store(), ModelRegistry(tmp_path, "default"))
+    assert report["refit"] and report["held_out"] == 3
+
+
 def test_registry_hot_reloads_after_install_and_rolls_back(tmp_path):
     records = sessions_for("eve", 3.0, 0.0, reps=2, seconds=20, with_baseline=False)
     registry = ModelRegistry(tmp_path, "eve")
@@ -258,3 +285,38 @@ def test_the_personal_model_is_fitted_to_its_optimum_whatever_the_feature_scale(
     assert ours <= best.fun + 1e-9
     refit_w, refit_b = fit_logistic(z, y, k, sample_weight, l2=0.1)
     assert np.array_equal(refit_w, w) and np.array_equal(refit_b, b)  # deterministic
+
+
+def _per_row_hessian(x, theta, omega):
+    """The loss Hessian as first written: per-row (feature, feature) and (class, class) products, summed."""
+    n_classes = theta.shape[1]
+    p = physio_model.softmax(x @ theta)
+    curvature = omega[:, None, None] * (p[:, :, None] * np.eye(n_classes) - p[:, :, None] * p[:, None, :])
+    outer = x[:, :, None] * x[:, None, :]
+    hessian = np.tensordot(outer, curvature, axes=([0], [0])).transpose(0, 2, 1, 3)
+    return hessian.reshape(x.shape[1] * n_classes, -1)
+
+
+def _hessian_case(rng, n, d, k):
+    x = np.hstack([rng.normal(size=(n, d - 1)) * rng.uniform(0.1, 5.0, d - 1), np.ones((n, 1))])
+    omega = rng.uniform(0.5, 2.0, n)
+    return x, rng.normal(size=(d, k)), omega / omega.sum()
+
+
+def test_the_loss_hessian_is_built_blockwise_without_per_row_products():
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    for n, d, k in [(20_000, 15, 2), (2_000, 15, 3), (300, 4, 5)]:
+        x, theta, omega = _hessian_case(rng, n, d, k)
+        assert np.allclose(physio_model._data_hessian(x, theta, omega), _per_row_hessian(x, theta, omega),
+                           rtol=1e-9, atol=1e-15)
+    # weeks of labelled seconds: the per-row (feature, feature) products alone would be 72 MB for these 40,000
+    x, theta, omega = _hessian_case(rng, 40_000, 15, 2)
+    tracemalloc.start()
+    try:
+        physio_model._data_hessian(x, theta, omega)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * x.nbytes  # one weighted copy of x and a few per-row vectors

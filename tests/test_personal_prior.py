@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 
+from pi.errors import NoPriorWarning
 from pi.messaging import messages
 from pi.personal import model as physio_model
 from pi.personal.model import (
@@ -100,6 +101,83 @@ def test_sessions_worn_in_sequence_share_history_and_overlapping_ones_stand_alon
     assert len(timelines(rest + later)) == 2
 
 
+def _timed(session_id, label, walls, bpm, scl=4.0):
+    """A session whose k-th record (seq k) ends at walls[k]: a wall clock that may step mid-session."""
+    out = []
+    for seq, wall in enumerate(walls):
+        second = SecondRecord(t=float(seq), wall=float(wall), skin_conductance=scl, bpm=bpm, contact=1.0,
+                              hr_quality=1.0, samples=50, i2c_errors=0, late_ticks=0)
+        out.append(messages.train_record("dev", "ann", session_id, seq, label, second))
+    return out
+
+
+def _grid_spy(monkeypatch, longest):
+    """Make series_features refuse a grid longer than `longest` seconds (fast, instead of exhausting memory)."""
+    real = physio_model.series_features
+
+    def spy(scl, bpm):
+        assert len(bpm) <= longest, f"a {len(bpm)}-second grid for {longest} recorded seconds"
+        return real(scl, bpm)
+
+    monkeypatch.setattr(physio_model, "series_features", spy)
+
+
+@pytest.mark.parametrize("step_s", [30 * 86_400.0, -86_400.0])
+def test_a_wall_clock_step_inside_a_session_cuts_the_timeline_instead_of_stretching_the_grid(monkeypatch, step_s):
+    # an NTP step on a Pi without a real-time clock, 30 days forward or a day back, halfway through a session
+    walls = [T0 + k + (step_s if k >= 300 else 0.0) for k in range(600)]
+    records = _timed("s", "rest", walls, bpm=70.0) + _session("t", "stress", T0 + 700, 300, bpm=90.0)
+    _grid_spy(monkeypatch, 1000)  # the session's first half and the next session: 1000 s of wall time
+    parts = timelines(records)
+    assert all(len(slots) == len(recs) and slots.max() < 1000 for recs, slots in parts)
+    assert sum(len(recs) for recs, _ in parts) == 900
+    after_step = [recs for recs, _ in parts if (recs[0]["session_id"], recs[0]["seq"]) == ("s", 300)]
+    assert len(after_step) == 1 and len(after_step[0]) == 300  # the part after the step stands alone
+    ds = build_dataset(records)
+    assert len(ds.y) == 900 - 3 * (physio_model.MIN_VALID - 1)  # each of the 3 stretches after a gap starts sparse
+
+
+def test_a_session_is_laid_out_by_seq_so_a_small_clock_step_neither_stretches_nor_folds_it():
+    walls = [T0 + k + (600.0 if k >= 100 else 0.0) for k in range(200)]  # 10 min forward: within the history
+    [(recs, slots)] = timelines(_timed("s", "rest", walls, bpm=70.0))
+    assert np.array_equal(slots, np.arange(200)) and [r["seq"] for r in recs] == list(range(200))
+
+
+def test_no_timeline_is_laid_on_a_grid_longer_than_the_cap(monkeypatch):
+    monkeypatch.setattr(physio_model, "MAX_GRID_S", 100)
+    # a 250-s session goes on as three timelines; the next session would take the last past the cap
+    parts = timelines(_session("long", "rest", T0, 250, bpm=70.0) + _session("next", "rest", T0 + 250, 60, bpm=70.0))
+    assert [len(recs) for recs, _ in parts] == [100, 100, 50, 60]
+    assert all(slots.max() < 100 for _, slots in parts)
+    with pytest.raises(ValueError, match="grid"):
+        physio_model.timeline_samples(parts[0][0], np.arange(100) * 2)
+
+
+def test_sessions_joined_half_a_second_apart_never_share_a_second():
+    rest = _session("rest-1", "rest", T0, 300, bpm=70.0)
+    stress = _session("stress-1", "stress", T0 + 299.4, 120, bpm=90.0)  # rounds onto the rest's last second
+    [(recs, slots)] = timelines(rest + stress)
+    assert np.array_equal(slots, np.arange(420))
+    ds = build_dataset(rest + stress)
+    last_rest = dict(zip(FEATURES, ds.x[ds.session == "rest-1"][-1]))
+    assert last_rest["bpm_mean"] == pytest.approx(70.0)  # not overwritten by the stress session's first second
+    first_stress = dict(zip(FEATURES, ds.x[ds.session == "stress-1"][0]))
+    assert first_stress["bpm_mean"] == pytest.approx((29 * 70 + 90) / 30)
+
+
+def test_a_session_overlapping_an_earlier_long_one_stands_alone_even_after_a_short_one():
+    long = _session("long", "rest", T0, 1000, bpm=70.0)
+    short = _session("short", "stress", T0 + 10, 20, bpm=90.0)  # inside the long one: alone
+    overlapping = _session("overlap", "stress", T0 + 40, 60, bpm=90.0)  # after the short one, inside the long
+    after = _session("after", "stress", T0 + 1005, 60, bpm=90.0)  # the long one is its recent past
+    parts = timelines(long + short + overlapping + after)
+    assert sorted(f"{recs[0]['session_id']}/{len(recs)}" for recs, _ in parts) == [
+        "long/1060", "overlap/60", "short/20"]
+    ds = build_dataset(long + short + overlapping + after)
+    assert dict(zip(FEATURES, ds.x[ds.session == "overlap"][-1]))["bpm_rel_300"] == pytest.approx(0.0)
+    assert dict(zip(FEATURES, ds.x[ds.session == "after"][0]))["bpm_rel_300"] > 0  # after the long rest
+
+
 def _rest_stress_person(rng, user, start, seconds=120, drift=0.0):
     """Seven alternating rest/stress sessions in sequence: stress raises heart rate and conductance."""
     records, hr, scl = [], float(rng.normal(70, 8)), float(np.exp(rng.normal(1.0, 0.4)))
@@ -169,6 +247,19 @@ def test_a_broken_prior_file_is_named_in_the_error(tmp_path, text, says):
     with pytest.raises(ValueError, match=says) as err:
         load_prior(path)
     assert str(path) in str(err.value)
+
+
+def test_a_corrupt_shipped_prior_degrades_fit_to_the_wearers_own_data_and_a_named_one_stays_fatal(
+        tmp_path, monkeypatch):
+    broken = tmp_path / "physio_prior.json"
+    broken.write_text('{"classes": ["rest", "stress"], "theta": [[1')  # e.g. cut short by a failed update
+    monkeypatch.setattr(physio_model, "shipped", lambda resource: broken)
+    wearer = _rest_stress_person(np.random.default_rng(3), "new", T0)
+    with pytest.warns(NoPriorWarning, match="cannot read the population prior.*without the population prior"):
+        report, model = fit_user(wearer, ModelRegistry(tmp_path, "new"))  # `emotion-edge fit` on the device
+    assert report["prior"] is None and "macro_f1" in report
+    with pytest.raises(ValueError, match="cannot read the population prior"):
+        load_prior(broken)  # a prior the user names (eval_stress_predict --prior) is not second-guessed
 
 
 def test_the_shipped_prior_is_for_the_devices_features_and_was_fitted_on_real_people():

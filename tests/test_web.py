@@ -231,6 +231,34 @@ def test_a_viewer_that_stops_reading_is_dropped_and_the_others_keep_up(broker, t
         device.stop()
 
 
+def test_the_hubs_alerts_and_arousal_use_only_heart_rates_that_pass_the_quality_gate():
+    """A moving wrist reads a plausible 100 BPM that the gate rejects: no arousal alert, no 'high' from it."""
+    from types import SimpleNamespace
+
+    from pi.clock import ManualClock
+    from pi.physiology.sampler import HR_QUALITY_MIN, SecondRecord
+    from pi.service import config
+    from pi.web.hub import Hub
+
+    cfg = config.load(None, ["alerts.enabled=true", "alerts.arousal_high_minutes=2", "alerts.min_interval_s=0"])
+    clock = ManualClock()
+    published = []
+    device = SimpleNamespace(device_id="dev", user="u", clock=clock, result_listeners=[],
+                             publisher=SimpleNamespace(publish=lambda topic, message, **kw: published.append(message)))
+    hub = Hub(SimpleNamespace(device=device, cfg=cfg, active=None))
+    for quality, fires in ((HR_QUALITY_MIN - 0.2, False), (HR_QUALITY_MIN, True)):
+        before = hub.alerts.fired["arousal_high"]
+        for _ in range(200):
+            clock.t += 1
+            hub._on_second(clock.t, SecondRecord(t=clock.t, wall=clock.wall(), skin_conductance=5.0, bpm=100.0,
+                                                 contact=1.0, hr_quality=quality, samples=50, i2c_errors=0,
+                                                 late_ticks=0))
+        assert (hub.alerts.fired["arousal_high"] > before) is fires, quality
+        assert hub.seconds[-1]["arousal"] == ("high" if fires else "moderate")
+        assert hub.seconds[-1]["bpm"] == 100.0  # the live view still shows what the sensor read
+    assert [m["rule"] for m in published] == ["arousal_high"]
+
+
 def test_no_more_streams_than_web_max_clients(broker, tmp_path):
     d = Daemon(broker, tmp_path / "data", "web.max_clients=1")
     try:

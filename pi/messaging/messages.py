@@ -38,7 +38,10 @@ def train_record(device_id: str, user: str, session_id: str, seq: int, label: st
 
 def window_message(device_id: str, user: str, request_id: str, seconds: Sequence, summary: dict,
                    frames: int, faces: int, camera: str) -> dict:
-    """A detection window for `iotsensors/infer`: the per-second series and its summary."""
+    """A detection window for `iotsensors/infer`: the per-second series and its summary.
+
+    `bpm_series` holds only rates that pass the quality gate (`SecondRecord.gated_bpm`), as `bpm_mean` does.
+    """
     return {
         "schema": SCHEMA_VERSION, "type": "window", "msg_id": f"{device_id}/{request_id}/window",
         "device_id": device_id, "user": user, "request_id": request_id,
@@ -48,7 +51,7 @@ def window_message(device_id: str, user: str, request_id: str, seconds: Sequence
         **{k: _round(v, 6 if k.startswith("feature_") else 4) if isinstance(v, float) else v
            for k, v in summary.items()},
         "skin_conductance_series": [_round(s.skin_conductance, 4) for s in seconds],
-        "bpm_series": [_round(s.bpm, 1) for s in seconds],
+        "bpm_series": [_round(s.gated_bpm, 1) for s in seconds],
         "quality_series": [s.quality for s in seconds],
         "frames": frames, "faces": faces, "camera": camera,
     }

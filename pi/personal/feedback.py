@@ -16,7 +16,7 @@ import numpy as np
 
 from pi.errors import CommandError
 from pi.personal import fusion
-from pi.personal.model import FEATURES, ModelRegistry, PersonalModel, build_dataset, load_prior, softmax
+from pi.personal.model import FEATURES, ModelRegistry, PersonalModel, build_dataset, shipped_prior, softmax
 from pi.vision.fer import FER_CLASSES
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def refit_from_feedback(cfg: dict, store, registry: ModelRegistry) -> dict:
         return {"refit": False, "reason": f"need examples of two labels, have {ds.classes}"}
     candidate = PersonalModel.train(ds, user, registry.next_version(), {"source": "feedback refit",
                                                                          "corrections": len(examples)},
-                                    prior=load_prior())
+                                    prior=shipped_prior())
     candidate.data["face_bias"] = fit_face_bias(train, emotions)
     before, after = score(current, held, emotions, weights), score(candidate, held, emotions, weights)
     report = {"refit": True, "held_out": len(held), "score_before": before, "score_after": after,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pi.errors import NoPriorWarning
 from pi.metrics import report
 from pi.physiology.sampler import HR_QUALITY_MIN
 from pi.resources import PHYSIO_PRIOR, shipped
@@ -39,6 +41,7 @@ SCALES = (WINDOW_S, 60, 120)  # BPM mean and ln-SCL slope at each
 LEVEL_S = 60  # "now" for the level features: the mean of the last minute ...
 RELATIVE_S = (300, 600, 1200)  # ... and that mean minus the wearer's own mean over the trailing 5, 10, 20 min
 HISTORY_S = max(RELATIVE_S)  # a window's features look back this many seconds
+MAX_GRID_S = 86_400  # the longest timeline laid on one grid (a day: ~10 MB of features on a Pi)
 MIN_VALID = 5
 MIN_HR_QUALITY = HR_QUALITY_MIN  # a second whose beat intervals were mostly rejected has no trustworthy BPM
 L2_GRID = (0.01, 0.1, 1.0)  # the penalty is chosen per wearer by an inner leave-one-session-out
@@ -146,48 +149,96 @@ def _wall(record: dict) -> float:
     return datetime.datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
-def timelines(records: list[dict]) -> list[tuple[list[dict], np.ndarray]]:
-    """The wearer's records as continuous timelines (records, wall times): sessions in sequence share history.
+@dataclass
+class _Run:
+    """Records of one session that the wall clock and seq agree are continuous, laid out by seq."""
 
-    A session joins the timeline before it when it starts after that timeline's last second and within
-    HISTORY_S of it, as on a device worn through a protocol (the trailing minutes are the wearer's recent
-    past, whatever the session). Sessions that overlap in time (simulations, one period imported twice)
-    each stand alone.
+    first: float  # wall time of the first record
+    last: float  # wall time of the last record
+    records: list[dict]
+    slots: np.ndarray  # grid second of each record from the run's start: seq - first seq
+
+
+def _runs(recs: list[dict]) -> list[_Run]:
+    """One session's records (sorted by seq) cut where its wall clock cannot be trusted as one timeline.
+
+    A Pi without a real-time clock steps its clock when NTP syncs, days forward or some seconds back, even
+    inside a session: the session is cut where the wall time goes backwards or jumps ahead by more than the
+    history the features use (HISTORY_S), and where seq skips that much. Within a run the records are
+    laid out by seq, the device's own count of seconds, so a smaller step neither stretches nor folds it.
+    """
+    walls = np.array([_wall(r) for r in recs])
+    seqs = np.array([int(r["seq"]) for r in recs])
+    step_wall, step_seq = np.diff(walls), np.diff(seqs)
+    cut = (step_wall < 0) | (step_wall > HISTORY_S) | (step_seq > HISTORY_S)
+    bounds = [0, *(np.flatnonzero(cut) + 1).tolist(), len(recs)]
+    out = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        slots = seqs[lo:hi] - seqs[lo]
+        # a single run longer than a grid may be (days worn without a break) goes on as further runs
+        for part in range(0, int(slots[-1]) + 1, MAX_GRID_S):
+            keep = np.flatnonzero((slots >= part) & (slots < part + MAX_GRID_S))
+            if len(keep):
+                i, j = lo + keep[0], lo + keep[-1]
+                out.append(_Run(float(walls[i]), float(walls[j]), recs[i:j + 1], slots[keep] - slots[keep[0]]))
+    return out
+
+
+def timelines(records: list[dict]) -> list[tuple[list[dict], np.ndarray]]:
+    """The wearer's records as continuous timelines (records, grid second of each): sessions in sequence share history.
+
+    A session joins the timeline that ran last when it starts after every earlier session's last second
+    and within HISTORY_S of it, as on a device worn through a protocol (the trailing minutes are the
+    wearer's recent past, whatever the session); it is laid out from its own start, rounded to the grid,
+    and never before the timeline's last second (sessions half a second apart must not share one).
+    Sessions that overlap in time (simulations, one period imported twice) each stand alone: also one that
+    starts after a short session but inside a long one. So does the part of a session after a wall-clock
+    step (`_runs`). No timeline spans more than MAX_GRID_S seconds.
     """
     by_session: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         by_session[r["session_id"]].append(r)
-    spans = []
+    runs: list[_Run] = []
     for recs in by_session.values():
         recs.sort(key=lambda r: r["seq"])
-        walls = [_wall(r) for r in recs]
-        spans.append((min(walls), max(walls), recs, walls))
-    spans.sort(key=lambda span: (span[0], span[1]))
-    joined: list[tuple[float, list[dict], list[float]]] = []
-    for first, last, recs, walls in spans:
-        if joined and joined[-1][0] < first <= joined[-1][0] + HISTORY_S:
-            _, prev_recs, prev_walls = joined[-1]
-            joined[-1] = (last, prev_recs + recs, prev_walls + walls)
-        else:
-            joined.append((last, list(recs), list(walls)))
-    return [(recs, np.array(walls)) for _, recs, walls in joined]
+        runs += _runs(recs)
+    runs.sort(key=lambda run: (run.first, run.last))
+    joined: list[tuple[float, list[dict], list[np.ndarray], int]] = []  # start wall, records, slots, grid size
+    end, latest = -np.inf, -1  # the last second seen so far, and the timeline it belongs to
+    for run in runs:
+        if joined and end < run.first <= end + HISTORY_S:
+            start, recs, slots, size = joined[latest]
+            offset = max(int(round(run.first - start)), size)
+            if offset + int(run.slots[-1]) < MAX_GRID_S:
+                joined[latest] = (start, recs + run.records, [*slots, run.slots + offset],
+                                  offset + int(run.slots[-1]) + 1)
+                end = run.last
+                continue
+        joined.append((run.first, list(run.records), [run.slots], int(run.slots[-1]) + 1))
+        if run.last > end:
+            end, latest = run.last, len(joined) - 1
+    return [(recs, np.concatenate(slots)) for _, recs, slots, _ in joined]
 
 
-def timeline_samples(timeline: list[dict], walls: np.ndarray) -> list[np.ndarray | None]:
+def timeline_samples(timeline: list[dict], slots: np.ndarray) -> list[np.ndarray | None]:
     """Features for every record of one timeline (None where its window is too sparse).
 
-    The records are laid on a one-second grid by wall time, so a gap is missing seconds, as on the device.
+    The records are laid on a one-second grid at `slots` (from `timelines`), so a gap is missing seconds,
+    as on the device; a grid longer than MAX_GRID_S is refused rather than allowed to exhaust memory.
     """
     if not timeline:
         return []
-    slot = np.round(walls - walls.min()).astype(int)
-    scl, bpm = np.full(int(slot.max()) + 1, np.nan), np.full(int(slot.max()) + 1, np.nan)
-    for k, r in zip(slot, timeline):
+    size = int(slots.max()) + 1
+    if slots.min() < 0 or size > MAX_GRID_S:
+        raise ValueError(f"a timeline's grid must lie within 0..{MAX_GRID_S} s, got {slots.min()}..{size - 1} "
+                         "(lay records out with `timelines`)")
+    scl, bpm = np.full(size, np.nan), np.full(size, np.nan)
+    for k, r in zip(slots, timeline):
         v, b = r["skin_conductance"], _bpm_of(r)
         scl[k] = np.nan if v is None else v
         bpm[k] = np.nan if b is None else b
     feats = series_features(scl, bpm)
-    return [None if np.isnan(feats[k]).any() else feats[k] for k in slot]
+    return [None if np.isnan(feats[k]).any() else feats[k] for k in slots]
 
 
 @dataclass
@@ -210,8 +261,8 @@ def build_dataset(records: list[dict], extra: Sequence[tuple[np.ndarray, str]] =
     as they are now, while a session contributes one row per second.
     """
     rows, labels, sessions, baseline_rows = [], [], [], []
-    for timeline, walls in timelines(records):
-        for r, features in zip(timeline, timeline_samples(timeline, walls)):
+    for timeline, slots in timelines(records):
+        for r, features in zip(timeline, timeline_samples(timeline, slots)):
             if features is None:
                 continue
             if r["mood"] == BASELINE_LABEL:
@@ -262,13 +313,21 @@ def _balanced_omega(y: np.ndarray, n_classes: int, sample_weight: np.ndarray | N
 
 
 def _data_hessian(x: np.ndarray, theta: np.ndarray, omega: np.ndarray) -> np.ndarray:
-    """Hessian of the weighted softmax loss: sum_i w_i x_i x_i^T (diag(p_i) - p_i p_i^T), as (feature, class)^2."""
-    n_classes = theta.shape[1]
+    """Hessian of the weighted softmax loss: sum_i w_i x_i x_i^T (diag(p_i) - p_i p_i^T), as (feature, class)^2.
+
+    Built one (class, class) block at a time, x^T diag(w p_c (delta_ck - p_k)) x, so memory stays at one
+    copy of x: per-row (feature, feature) and (class, class) products cost ~1.8 KB a labelled second, too
+    much for weeks of labels on a Pi.
+    """
+    n_features, n_classes = x.shape[1], theta.shape[1]
     p = softmax(x @ theta)
-    curvature = omega[:, None, None] * (p[:, :, None] * np.eye(n_classes) - p[:, :, None] * p[:, None, :])
-    outer = x[:, :, None] * x[:, None, :]
-    hessian = np.tensordot(outer, curvature, axes=([0], [0])).transpose(0, 2, 1, 3)
-    size = x.shape[1] * n_classes
+    hessian = np.empty((n_features, n_classes, n_features, n_classes))
+    for c in range(n_classes):
+        for k in range(c, n_classes):
+            block = x.T @ (x * (omega * p[:, c] * (float(c == k) - p[:, k]))[:, None])
+            hessian[:, c, :, k] = block
+            hessian[:, k, :, c] = block  # the (k, c) block has the same row weights
+    size = n_features * n_classes
     return hessian.reshape(size, size)
 
 
@@ -437,6 +496,19 @@ def load_prior(path: str | Path | None = None) -> PopulationPrior | None:
         return PopulationPrior.from_json(data)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
+
+
+def shipped_prior() -> PopulationPrior | None:
+    """The shipped population prior for the device's own fits; None, with a warning, if it cannot be read.
+
+    A corrupt file on a device must not stop `fit` or a feedback refit: the wearer is fitted on their own
+    data, as before the prior shipped. A prior a user names (`load_prior(path)`) stays strict.
+    """
+    try:
+        return load_prior()
+    except ValueError as exc:
+        warnings.warn(f"{exc}; fitting without the population prior", NoPriorWarning, stacklevel=2)
+        return None
 
 
 def choose_l2(z: np.ndarray, y: np.ndarray, session: np.ndarray, n_classes: int,
@@ -663,10 +735,11 @@ def fit_user(records: list[dict], registry: ModelRegistry, extra=(), prior: Popu
     """Evaluate leave-one-session-out; train and install a new version if it beats the majority class.
 
     The population prior is `prior`, else the shipped one (`models/physio_prior.json`, fitted on the
-    Stress-Predict recordings) unless `use_shipped_prior` is false; it applies only to its own classes.
+    Stress-Predict recordings; none if it is unreadable: `shipped_prior`) unless `use_shipped_prior` is
+    false; it applies only to its own classes.
     """
     if prior is None and use_shipped_prior:
-        prior = load_prior()
+        prior = shipped_prior()
     ds = build_dataset(records, extra)
     if len(ds.classes) < 2:
         return {"installed": False, "reason": f"need sessions of at least two labels, have {ds.classes}",

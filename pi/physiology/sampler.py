@@ -65,6 +65,15 @@ class SecondRecord:
             return "poor"
         return "ok"
 
+    @property
+    def gated_bpm(self) -> float | None:
+        """The BPM if its beat intervals pass the quality gate (HR_QUALITY_MIN), else None.
+
+        A wrist or ear in motion gives a rate that looks plausible and is wrong: the window's `bpm_mean`,
+        its `bpm_series`, the personal model and the alert rules all use this one gated value.
+        """
+        return self.bpm if self.bpm is not None and self.hr_quality >= HR_QUALITY_MIN else None
+
     def as_dict(self) -> dict:
         return {**asdict(self), "quality": self.quality}
 

@@ -28,7 +28,7 @@ from pi.messaging.publisher import OutboxPublisher, make_publisher
 from pi.personal import fusion
 from pi.personal import model as physio_model
 from pi.personal.feedback import apply_feedback, fused_distribution
-from pi.physiology.sampler import HR_QUALITY_MIN, SecondRecord
+from pi.physiology.sampler import SecondRecord
 from pi.service.hardware import Hardware
 from pi.service.lock import DataDirLock
 from pi.service.store import LocalStore
@@ -262,9 +262,7 @@ class Device:
         face = fusion.to_emotions(mean_face, face_classes, emotions) if mean_face is not None else None
         with self._lock:
             tail = list(self._history) or list(seconds)
-        features = physio_model.window_features(
-            [s.skin_conductance for s in tail],
-            [s.bpm if s.hr_quality >= physio_model.MIN_HR_QUALITY else None for s in tail])
+        features = physio_model.window_features([s.skin_conductance for s in tail], [s.gated_bpm for s in tail])
         model = self.registry.current()
         weights = fusion.source_weights(self.cfg["fusion"])
         fused, sources = fused_distribution(face, features, model, emotions, weights)
@@ -321,7 +319,7 @@ def summarise(seconds: list[SecondRecord]) -> dict:
     in motion gives a rate that looks plausible and is wrong, so it is left out rather than averaged in.
     """
     scl = [(s.t, s.skin_conductance) for s in seconds if s.skin_conductance is not None]
-    bpm = [s.bpm for s in seconds if s.bpm is not None and s.hr_quality >= HR_QUALITY_MIN]
+    bpm = [b for b in (s.gated_bpm for s in seconds) if b is not None]
     slope = None
     if len(scl) >= 3:
         t, g = np.array(scl).T

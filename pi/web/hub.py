@@ -168,14 +168,15 @@ class Hub:
     def _on_second(self, emitted: float, record) -> None:
         d = {k: _round(v, 4) for k, v in record.as_dict().items()}
         d["emitted"] = round(emitted, 4)  # wall time the sampler handed the record over
-        d["arousal"] = arousal_rule(record.skin_conductance, record.bpm)
+        d["arousal"] = arousal_rule(record.skin_conductance, record.gated_bpm)  # as the alert rule sees it
         job = self.job()
         d["job"] = job
         self.seconds.append(d)
         self.broadcast("second", d)
         if self.alerts is not None:
             in_session = job is not None and job["kind"] in ("collect", "detect")
-            self.alerts.on_second(record.t, record.skin_conductance, record.bpm, record.contact, in_session)
+            # only a rate that passes the quality gate: a moving wrist must not raise an arousal alert
+            self.alerts.on_second(record.t, record.skin_conductance, record.gated_bpm, record.contact, in_session)
 
     def _maybe_status(self) -> None:
         status = self.status()

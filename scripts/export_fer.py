@@ -50,16 +50,23 @@ def convert(saved_model: Path, calibration: np.ndarray | None) -> bytes:
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     if calibration is not None:
-        def representative():
-            for image in calibration:
-                yield [image[None, ..., None].astype(np.float32)]
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
+        full_integer(converter, calibration)
     return converter.convert()
+
+
+def full_integer(converter, calibration: np.ndarray) -> None:
+    """Set a TFLite converter to full-integer int8 (input and output too), calibrated on raw faces (N, H, W)."""
+    import tensorflow as tf
+
+    def representative():
+        for image in calibration:
+            yield [image[None, ..., None].astype(np.float32)]
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
 
 
 def fold_dead_mlps(model, images: np.ndarray, width: float, threshold: float = 1e-4):

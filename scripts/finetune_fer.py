@@ -95,7 +95,7 @@ class Framing:
 def warp_batch(images: np.ndarray, rng: np.random.Generator, framing: Framing, detector_share: float):
     """Each face of (B, H, W) framed as the detector would crop it (or by the original recipe), flipped at
     random, with the original brightness/contrast jitter; returns (float32 (B, H, W) 0..255, flipped)."""
-    import cv2
+    from train_fer import jitter_light, warp_faces
 
     n, h, w = images.shape
     side, shift = framing.draw(rng, n)
@@ -105,17 +105,7 @@ def warp_batch(images: np.ndarray, rng: np.random.Generator, framing: Framing, d
     offset = np.where(detector[:, None], -shift * (w, h) / side[:, None], rng.uniform(-0.1, 0.1, (n, 2)) * (w, h))
     angle = rng.uniform(-12.0, 12.0, n)  # the proxy's turns; the pipeline does not turn faces upright
     flip = rng.random(n) < 0.5
-    centre = ((w - 1) / 2.0, (h - 1) / 2.0)
-    out = np.empty((n, h, w), np.float32)
-    for i in range(n):
-        face = images[i][:, ::-1] if flip[i] else images[i]
-        m = cv2.getRotationMatrix2D(centre, float(angle[i]), float(zoom[i]))
-        m[:, 2] += offset[i]
-        out[i] = cv2.warpAffine(np.ascontiguousarray(face, np.float32), m, (w, h), flags=cv2.INTER_LINEAR,
-                                borderMode=cv2.BORDER_REFLECT)
-    mean = out.mean(axis=(1, 2), keepdims=True)
-    out = (out - mean) * rng.uniform(0.8, 1.2, (n, 1, 1)) + mean + rng.uniform(-0.15, 0.15, (n, 1, 1)) * 255.0
-    return np.clip(out, 0.0, 255.0).astype(np.float32), flip
+    return jitter_light(warp_faces(images, flip, angle, zoom, offset), rng), flip
 
 
 def teacher_probabilities(model: Path, faces: np.ndarray, cache: Path) -> np.ndarray:
@@ -265,6 +255,7 @@ def train(args: argparse.Namespace) -> int:
 def export(args: argparse.Namespace) -> int:
     """The last checkpoint's weights in the whole shipped graph, converted to float and int8 TFLite."""
     import tensorflow as tf
+    from export_fer import full_integer
 
     from pi.metrics import report
     from pi.vision.evaluation import load_dataset
@@ -284,15 +275,7 @@ def export(args: argparse.Namespace) -> int:
     def convert(int8: bool) -> bytes:
         converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], trainer.graph_module())
         if int8:
-            def representative():
-                for image in calibration:
-                    yield [image[None, ..., None].astype(np.float32)]
-
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = representative
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = tf.int8
-            converter.inference_output_type = tf.int8
+            full_integer(converter, calibration)
         return converter.convert()
 
     args.models_out.mkdir(parents=True, exist_ok=True)

@@ -118,6 +118,24 @@ def test_alignment_turns_a_tilted_face_upright():
         assert np.abs(aligned.astype(float) - straight).mean() < np.abs(unaligned.astype(float) - straight).mean()
 
 
+def test_fer2013s_framing_measured_on_real_portraits_gives_back_the_crop_cut_with_it():
+    """The framing was measured on FER2013's faces alone, upscaled and padded; cut out of a real photo by
+    the pipeline's crop, a real face measured the same way lands where FER2013's box lands."""
+    pytest.importorskip("skimage.data")
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from measure_fer_framing import portrait_round_trip, portraits
+
+    checked = {name: portrait_round_trip(FaceDetector(), gray) for name, gray in portraits().items()}
+    assert any(name.startswith("astronaut") for name in checked)
+    for name, r in checked.items():
+        assert r is not None and r["box_in_cut_face"] is not None, name
+        assert 0.9 < r["w_over_fer2013"] < 1.1, (name, r)
+        x, y = r["box_in_cut_face"][:2]
+        assert abs(x - FER_FRAME_IN_HAAR_BOX[0]) < 0.05 and abs(y - FER_FRAME_IN_HAAR_BOX[1]) < 0.05, (name, r)
+
+
 def test_the_surest_detection_is_the_face_not_a_larger_false_one():
     skimage_data = pytest.importorskip("skimage.data")
     gray = cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2GRAY)

@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Smoke check of the face pipeline on a real, openly licensed photo: scikit-image's astronaut portrait
-(Eileen Collins, NASA, public domain; bundled in the scikit-image wheel), as shot and turned, mirrored,
-darkened, and shrunk below face.min_face (which must answer no face). Prints JSON: for each variant and
-crop option, the box, the cascade and the answer.
+"""Smoke check of the face pipeline on real, openly licensed photos bundled with installed packages:
+scikit-image's astronaut portrait (Eileen Collins, NASA, public domain), smiling, and matplotlib's sample
+portrait of Grace Hopper (US Navy, public domain), with a neutral face, glasses and a cap. Each as shot
+and turned, mirrored, darkened, and shrunk below face.min_face (which must answer no face). Prints JSON:
+for each photo, variant and crop option, the box, the cascade, the answer and the expected class's
+probability.
 
-A handful of views of one smiling face: it shows the path works on a real photo, nothing about accuracy,
-and no setting was chosen on it.
+A handful of views of two faces: it shows the path works on real photos, nothing about accuracy, and no
+setting was chosen on them.
 
-    pip install scikit-image; python scripts/smoke_face_photos.py > models/fer_smoke.json
+    pip install scikit-image matplotlib; python scripts/smoke_face_photos.py > models/fer_smoke.json
 """
 from __future__ import annotations
 
@@ -39,24 +41,33 @@ def variants(bgr: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def main() -> int:
+    from matplotlib import cbook
     from skimage import data
 
     cv2.setNumThreads(1)
     classifier = ExpressionClassifier.from_metadata(ROOT / "models" / "fer_int8.tflite", ROOT / "models" / "fer.json")
-    photo = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
-    result: dict = {"photo": "skimage.data.astronaut() (NASA, public domain)", "expected": "happy", "runs": {}}
-    for vname, frame in variants(photo).items():
-        row = {}
-        for oname, kw in OPTIONS.items():
-            r = FacePipeline(FaceDetector(**kw), classifier).analyse(frame)
-            if r.probabilities is None:
-                row[oname] = {"box": None}
-                continue
-            top = int(np.argmax(r.probabilities))
-            row[oname] = {"box": list(r.box), "cascade": r.cascade, "answer": classifier.classes[top],
-                          "p_happy": round(float(r.probabilities[classifier.classes.index("happy")]), 3),
-                          "turned_degrees": round(r.angle, 1)}
-        result["runs"][vname] = row
+    photos = {
+        "astronaut": ("skimage.data.astronaut() (NASA, public domain)", "happy",
+                      cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)),
+        "grace_hopper": ("matplotlib sample data grace_hopper.jpg (US Navy, public domain)", "neutral",
+                         cv2.imread(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))),
+    }
+    result: dict = {"photos": {}}
+    for name, (source, expected, photo) in photos.items():
+        runs: dict = {}
+        for vname, frame in variants(photo).items():
+            row = {}
+            for oname, kw in OPTIONS.items():
+                r = FacePipeline(FaceDetector(**kw), classifier).analyse(frame)
+                if r.probabilities is None:
+                    row[oname] = {"box": None}
+                    continue
+                top = int(np.argmax(r.probabilities))
+                row[oname] = {"box": list(r.box), "cascade": r.cascade, "answer": classifier.classes[top],
+                              f"p_{expected}": round(float(r.probabilities[classifier.classes.index(expected)]), 3),
+                              "turned_degrees": round(r.angle, 1)}
+            runs[vname] = row
+        result["photos"][name] = {"photo": source, "expected": expected, "runs": runs}
     print(json.dumps(result, indent=2))
     return 0
 

@@ -1,0 +1,55 @@
+"""The proxy benchmark (scripts/bench_face_proxy.py): its geometry and its JSON, on the bundled face
+sample, the real cascades and the shipped model; no ../shared needed."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+from conftest import ROOT
+
+from pi.resources import FACE_SAMPLE, shipped
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_face_proxy import crop_map, render, same_crop  # noqa: E402
+
+
+def test_the_true_square_cut_from_the_clean_face_is_the_face():
+    face = np.load(shipped(FACE_SAMPLE))["images"][3]
+    to_frame = np.array([[3.0, 0.0, 100.0], [0.0, 3.0, 50.0]])  # 3x, no turn: the frame spans 100..244 x 50..194
+    # FaceDetector.cut's square centred at c covers the pixels whose centres average c - 0.5
+    square = (100 + 3 * 23.5 + 0.5, 50 + 3 * 23.5 + 0.5, 144.0)
+    np.testing.assert_allclose(crop_map(square) @ [23.5, 23.5, 1], [*to_frame @ [23.5, 23.5, 1], 1], atol=1e-9)
+    same = same_crop(face, to_frame, square, cv2.BORDER_REFLECT)
+    assert np.abs(same.astype(int) - face).max() <= 1
+    # a square twice the frame shows the face half as large, its surroundings reflected
+    wide = same_crop(face, to_frame, (square[0], square[1], 288.0), cv2.BORDER_REFLECT)
+    half = cv2.resize(face, (24, 24), interpolation=cv2.INTER_AREA)
+    assert np.abs(wide[12:36, 12:36].astype(int) - half).mean() < 4
+
+
+def test_the_clean_canvas_maps_onto_the_rendered_frame():
+    face = np.load(shipped(FACE_SAMPLE))["images"][5]
+    frame, to_frame, side, angle, canvas, canvas_to_frame = render(face, np.random.default_rng(4))
+    # the canvas's face frame (its middle 48 px) lands where to_frame puts the face
+    np.testing.assert_allclose(canvas_to_frame @ [24.0, 24.0, 1.0], to_frame @ [0.0, 0.0, 1.0], atol=1e-6)
+    assert canvas.shape == (96, 96) and frame.shape == (480, 640, 3) and 110 <= side <= 260 and abs(angle) <= 12
+
+
+def test_the_benchmark_prints_its_figures_and_decomposition():
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_face_proxy.py"), "--data",
+                          str(shipped(FACE_SAMPLE)), "--n", "24", "--fer-model", "/nonexistent"],
+                         capture_output=True, text=True, timeout=300, check=True)
+    r = json.loads(out.stdout)
+    assert r["n"] == 24 and 0 < r["detected"] <= 1
+    d = r["decomposition"]
+    for key in ("direct", "oracle", "pipeline", "same_crop_on_clean_face", "same_crop_on_clean_scene"):
+        assert 0 <= d[key] <= 1
+    assert d["pipeline"] == r["options"]["fer2013"]["accuracy"]
+    assert d["direct"] == r["direct_on_found"]["accuracy"]
+    assert sum(b["n"] for b in d["by_side_ratio"]) == round(r["detected"] * 24)
+    for s in r["options"].values():
+        low, high = s["gap_ci95_points"]
+        assert low <= s["gap_to_direct_points"] <= high

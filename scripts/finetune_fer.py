@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Fine-tune the shipped face model to the Haar detector's framing, then export float and int8 again.
 
-Why: on the proxy (scripts/bench_face_proxy.py) the crop the detector gives is 0.85-1.19x the side of
+Why: on the proxy (scripts/bench_face_proxy.py) the crop the detector gives is 0.84-1.18x the side of
 FER2013's frame (10th-90th percentile) and its centre is off by up to a tenth of the side, while the model
-was trained with +-10 % zoom. Each training face is therefore warped by a framing drawn from the detector's
-measured spread (models/fer_proxy.json `geometry`), and the networks learn to give the answer the shipped
-model gives on the clean face: the target is a blend of the label and the shipped graph's own probabilities
-on the unwarped face (consistency distillation), so what the model knew on well-framed faces is kept.
+was trained with +-10 % zoom. Each training face is therefore cut as the detector would cut it, and the
+networks learn to give the answer the shipped model gives on the clean face: the target is a blend of the
+label and the shipped graph's own probabilities on the unwarped face (consistency distillation), so what
+the model knew on well-framed faces is kept. Two framings: `--framing haar` (the default) cuts each face
+where the Haar box frames that very face (HaarFrames: the box a face gets in a scene follows the box it
+gets upscaled and padded on its own), `--framing percentiles` draws a framing from the proxy's measured
+spread, whatever the face.
 
 The weights come from the shipped float .tflite itself (scripts/fer_graph.py replays it in TensorFlow;
 the GPU run's checkpoints are not kept). Long job, run in the background; it checkpoints every epoch
@@ -17,13 +20,14 @@ the GPU run's checkpoints are not kept). Long job, run in the background; it che
         > build/fer_finetune.log 2>&1 &
 
 then `--export` writes models/fer_float.tflite, models/fer_int8.tflite and updates models/fer.json
-(`--models-out` elsewhere to measure a candidate first). The run of 2026-12-03 did not earn its place and
-was not shipped: models/fer_finetune_summary.json has its figures.
+(`--models-out` elsewhere to measure a candidate first). Neither run of 2026-12-03 (one per framing) earned
+its place and neither was shipped: models/fer_finetune_summary.json has their figures.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import sys
@@ -58,6 +62,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--detector-share", type=float, default=0.75,
                    help="share of faces warped by the detector's framing; the rest keep the original recipe")
+    p.add_argument("--framing", choices=("haar", "percentiles"), default="haar",
+                   help="haar: each face framed as the Haar box frames that very face (HaarFrames); "
+                        "percentiles: a framing drawn from the proxy's spread, independent of the face")
+    p.add_argument("--haar-jitter", type=float, nargs=2, default=(0.08, 0.03), metavar=("LOG_SIDE", "SHIFT"),
+                   help="spread added to each face's own Haar frame: s.d. of the log side ratio and of the "
+                        "centre shift in sides (a face's box in a scene differs from its box on the padded "
+                        "face by 0.077 in log side on the proxy)")
     p.add_argument("--limit", type=int, default=0,
                    help="use only this many training faces, drawn at random (a quick check)")
     p.add_argument("--seed", type=int, default=2031)
@@ -92,14 +103,90 @@ class Framing:
         return side, shift
 
 
-def warp_batch(images: np.ndarray, rng: np.random.Generator, framing: Framing, detector_share: float):
+class HaarFrames:
+    """Each training face's own Haar framing: where the pipeline would cut it, relative to its FER2013 frame.
+
+    The proxy's crop errors are not noise independent of the face: the box a face gets in a scene follows
+    the box the same face gets upscaled and padded on its own (scripts/measure_fer_framing.py's set-up;
+    correlation 0.83 in log side, 0.75 and 0.85 in centre shift, on 420 proxy faces). So the pipeline's
+    input for a face is predictable from the face, and training on it teaches the model the detector's
+    framing instead of FER2013's. `frames` is (N, 3): side ratio, centre shift x and y in sides (NaN where
+    the cascade finds no face, about a quarter; those keep the original recipe).
+    """
+
+    def __init__(self, frames: np.ndarray, jitter: tuple[float, float] = (0.08, 0.03)):
+        if frames.ndim != 2 or frames.shape[1] != 3:
+            raise ValueError(f"Haar frames must be (N, 3), got {frames.shape}")
+        self.frames = frames
+        self.jitter = jitter
+
+    @staticmethod
+    def measure(images: np.ndarray, processes: int = 2) -> np.ndarray:
+        """(N, 3) frames of (N, 48, 48) faces, from the frontal cascade on each face upscaled and padded."""
+        from multiprocessing import Pool
+
+        with Pool(processes) as pool:
+            return np.array(pool.map(_haar_frame, images, chunksize=256), np.float64)
+
+    @classmethod
+    def cached(cls, images: np.ndarray, cache: Path, jitter: tuple[float, float]) -> HaarFrames:
+        if cache.exists():
+            frames = np.load(cache)
+            if frames.shape == (len(images), 3):
+                return cls(frames, jitter)
+        frames = cls.measure(images)
+        np.save(cache, frames)
+        return cls(frames, jitter)
+
+    def draw(self, rng: np.random.Generator, index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Side ratios, shifts (B, 2) and which faces have a frame, for the faces at `index`."""
+        f = self.frames[index]
+        has = np.isfinite(f[:, 0])
+        side = np.where(has, f[:, 0], 1.0) * np.exp(rng.normal(0, self.jitter[0], len(f)))
+        shift = np.where(has[:, None], f[:, 1:], 0.0) + rng.normal(0, self.jitter[1], (len(f), 2))
+        return side, shift, has
+
+
+@functools.lru_cache(maxsize=1)
+def _detector():
+    """The pipeline's detector, one per worker process."""
+    import cv2
+
+    from pi.vision.face import FaceDetector
+
+    cv2.setNumThreads(1)
+    return FaceDetector()
+
+
+def _haar_frame(face: np.ndarray) -> tuple[float, float, float]:
+    """One face's frame (side ratio, shift x, shift y) as the pipeline's crop maps its Haar box."""
+    from measure_fer_framing import haar_box
+
+    from pi.vision.face import frame_square
+
+    box = haar_box(_detector(), face, min_share=0.55)
+    if box is None:
+        return (np.nan, np.nan, np.nan)
+    cx, cy, side = frame_square(box)
+    return side, cx - 0.5, cy - 0.5
+
+
+def warp_batch(images: np.ndarray, rng: np.random.Generator, framing: Framing | HaarFrames,
+               detector_share: float, index: np.ndarray | None = None):
     """Each face of (B, H, W) framed as the detector would crop it (or by the original recipe), flipped at
-    random, with the original brightness/contrast jitter; returns (float32 (B, H, W) 0..255, flipped)."""
+    random, with the original brightness/contrast jitter; returns (float32 (B, H, W) 0..255, flipped).
+    With HaarFrames, `index` names the faces' rows in its table."""
     from train_fer import jitter_light, warp_faces
 
     n, h, w = images.shape
-    side, shift = framing.draw(rng, n)
-    detector = rng.random(n) < detector_share
+    if isinstance(framing, HaarFrames):
+        if index is None:
+            raise ValueError("HaarFrames needs the faces' index")
+        side, shift, has = framing.draw(rng, index)
+        detector = (rng.random(n) < detector_share) & has
+    else:
+        side, shift = framing.draw(rng, n)
+        detector = rng.random(n) < detector_share
     # the original recipe (scripts/train_fer.py augment_batch): zoom +-10 %, shift +-10 %
     zoom = np.where(detector, 1.0 / side, 1.0 + rng.uniform(-0.1, 0.1, n))
     offset = np.where(detector[:, None], -shift * (w, h) / side[:, None], rng.uniform(-0.1, 0.1, (n, 2)) * (w, h))
@@ -178,15 +265,22 @@ def train(args: argparse.Namespace) -> int:
     from pi.vision.evaluation import load_dataset
 
     args.out.mkdir(parents=True, exist_ok=True)
-    framing = Framing(json.loads(args.geometry.read_text())["geometry"])
     images, labels = load_dataset(args.train)
     if args.limit:  # a random subset: the file is sorted by class
         keep = np.sort(np.random.default_rng(args.seed).choice(len(images), args.limit, replace=False))
         images, labels = images[keep], labels[keep]
     val_images, val_labels = load_dataset(args.val)
-    # the jittered check: PublicTest framed once by the detector's spread (fixed draw), unflipped
+    framing: Framing | HaarFrames
+    if args.framing == "haar":
+        framing = HaarFrames.cached(images, args.out / f"haar-frames-{len(images)}.npy", tuple(args.haar_jitter))
+        checked = HaarFrames.cached(val_images, args.out / f"haar-frames-val-{len(val_images)}.npy", (0.0, 0.0))
+        print(f"Haar frames: {np.isfinite(framing.frames[:, 0]).mean():.3f} of training faces, "
+              f"{np.isfinite(checked.frames[:, 0]).mean():.3f} of PublicTest", flush=True)
+    else:
+        framing = checked = Framing(json.loads(args.geometry.read_text())["geometry"])  # type: ignore[assignment]
+    # the jittered check: PublicTest framed once as the detector frames it (fixed draw)
     jitter_rng = np.random.default_rng(7)
-    val_jittered, _ = warp_batch(val_images, jitter_rng, framing, 1.0)
+    val_jittered, _ = warp_batch(val_images, jitter_rng, checked, 1.0, index=np.arange(len(val_images)))
     teacher = teacher_probabilities(args.model, images, args.out / f"teacher-{len(images)}.npy")
     counts = np.bincount(labels, minlength=7)
     class_weight = ((len(labels) / (7 * np.maximum(counts, 1))) ** 0.25).astype(np.float32)  # as train_fer.py
@@ -234,7 +328,7 @@ def train(args: argparse.Namespace) -> int:
         total_loss = 0.0
         for s, idx in enumerate(order.reshape(steps, args.batch)):
             rng = np.random.default_rng((args.seed, epoch, s))
-            faces, _ = warp_batch(images[idx], rng, framing, args.detector_share)
+            faces, _ = warp_batch(images[idx], rng, framing, args.detector_share, index=idx)
             # the teacher's answer is mirror-symmetric (its views include the flip), so it holds for either
             target = np.float32(1 - args.teacher_weight) * smooth[idx] + np.float32(args.teacher_weight) * teacher[idx]
             total_loss += float(step(tf.constant(faces[..., None]), tf.constant(target),
@@ -312,7 +406,9 @@ def export(args: argparse.Namespace) -> int:
         "from": "the previous release's float graph (exported 2026-11-24), replayed by scripts/fer_graph.py",
         "epochs": len(history) - 1,
         "curve": history,
-        "framing": "side ratio and centre shift drawn from models/fer_proxy.json geometry percentiles",
+        "framing": ("each face's own Haar frame on the face upscaled and padded (HaarFrames), jittered by "
+                    f"{args.haar_jitter}" if args.framing == "haar" else
+                    "side ratio and centre shift drawn from models/fer_proxy.json geometry percentiles"),
     }
     meta["exported"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")

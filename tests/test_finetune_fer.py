@@ -13,7 +13,10 @@ from conftest import ROOT
 from pi.resources import FACE_SAMPLE, shipped
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from finetune_fer import PERCENTILES, Framing, warp_batch  # noqa: E402
+from finetune_fer import PERCENTILES, Framing, HaarFrames, warp_batch  # noqa: E402
+from measure_fer_framing import haar_box  # noqa: E402
+
+from pi.vision.face import FaceDetector  # noqa: E402
 
 GEOMETRY = json.loads((ROOT / "models" / "fer_proxy.json").read_text())["geometry"]
 
@@ -55,6 +58,44 @@ def test_warp_is_reproducible_and_in_range():
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(fa, fb)
     assert a.dtype == np.float32 and a.shape == faces.shape and a.min() >= 0 and a.max() <= 255
+
+
+def test_haar_box_frames_fer2013_faces_as_measured_and_finds_nothing_on_a_blank():
+    faces = np.load(shipped(FACE_SAMPLE))["images"]
+    detector = FaceDetector()
+    boxes = [b for b in (haar_box(detector, f) for f in faces) if b is not None]
+    assert len(boxes) >= 0.6 * len(faces)  # 75 % of FER2013's training faces are found
+    x, y, w, h = np.median(np.array(boxes), axis=0)
+    # models/fer_framing.json: median x = y = 0.010, w = h = 0.974 (quartiles of w 0.90-1.03)
+    assert abs(x) < 0.06 and abs(y) < 0.06 and 0.88 < w < 1.06 and w == h
+    assert haar_box(detector, np.full((48, 48), 128, np.uint8)) is None
+
+
+def test_haar_frames_draw_each_faces_own_frame():
+    frames = np.array([[1.2, 0.05, -0.1], [np.nan, np.nan, np.nan], [0.9, 0.0, 0.0]])
+    side, shift, has = HaarFrames(frames, (0.0, 0.0)).draw(np.random.default_rng(0), np.array([2, 0, 1]))
+    np.testing.assert_allclose(side, [0.9, 1.2, 1.0])
+    np.testing.assert_allclose(shift, [[0.0, 0.0], [0.05, -0.1], [0.0, 0.0]])
+    assert has.tolist() == [True, True, False]
+    side, shift, _ = HaarFrames(np.tile([1.0, 0.0, 0.0], (1, 1)), (0.08, 0.03)).draw(
+        np.random.default_rng(1), np.zeros(100_000, int))
+    assert abs(np.log(side).std() - 0.08) < 0.002 and abs(shift.std() - 0.03) < 0.001
+    with pytest.raises(ValueError, match=r"\(N, 3\)"):
+        HaarFrames(np.zeros((4, 2)))
+
+
+def test_haar_framing_zooms_framed_faces_and_keeps_the_recipe_for_the_rest():
+    square = np.zeros((48, 48), np.uint8)
+    square[14:34, 14:34] = 255
+    faces = np.repeat(square[None], 64, 0)
+    frames = np.tile([1.25, 0.0, 0.0], (64, 1))
+    frames[32:] = np.nan  # no Haar box: the original recipe's zoom of +-10 %
+    out, _ = warp_batch(faces, np.random.default_rng(3), HaarFrames(frames, (0.0, 0.0)), 1.0, index=np.arange(64))
+    sides = np.array([_box_side(f) for f in out])
+    assert np.all(sides[:32] <= 20 / 1.25 * 1.19 + 1.5)
+    assert np.all(sides[32:] >= 20 * 0.9 - 1.5)
+    with pytest.raises(ValueError, match="index"):
+        warp_batch(faces, np.random.default_rng(3), HaarFrames(frames), 1.0)
 
 
 @pytest.fixture(scope="module")

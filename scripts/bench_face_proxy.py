@@ -24,7 +24,7 @@ the detector and the crop, not the difference between web photos and a carer's c
 frame is synthetic, and its lighting is a model of a room. It is a development check, not the real-photo set.
 
     python scripts/bench_face_proxy.py --data ../shared/datasets/fer2013/fer2013_publictest.npz \
-        [--n 700] > models/fer_proxy.json
+        --n 3589 > models/fer_proxy.json   # all of PublicTest, about 10 min; --n 700 for a quick look
 """
 from __future__ import annotations
 

@@ -73,9 +73,10 @@ def portraits() -> dict[str, np.ndarray]:
     try:
         from matplotlib import cbook
 
-        path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
-        photos["grace_hopper (matplotlib sample data, US Navy)"] = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    except ImportError:
+        hopper = cv2.imread(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)), cv2.IMREAD_GRAYSCALE)
+        if hopper is not None:  # some builds of matplotlib leave out the sample data
+            photos["grace_hopper (matplotlib sample data, US Navy)"] = hopper
+    except (ImportError, OSError):
         pass
     return {**photos, **{f"{name}, mirrored": np.ascontiguousarray(g[:, ::-1]) for name, g in photos.items()}}
 

@@ -52,6 +52,9 @@ def main() -> int:
         "grace_hopper": ("matplotlib sample data grace_hopper.jpg (US Navy, public domain)", "neutral",
                          cv2.imread(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))),
     }
+    missing = [name for name, (_, _, photo) in photos.items() if photo is None]
+    if missing:
+        raise SystemExit(f"cannot read the bundled photo(s) {missing}: is the package's sample data installed?")
     result: dict = {"photos": {}}
     for name, (source, expected, photo) in photos.items():
         runs: dict = {}

@@ -232,7 +232,7 @@ def main(argv=None) -> int:
     oracle = np.zeros(len(labels), int)
     clean_face, clean_scene = np.full(len(labels), -1), np.full(len(labels), -1)
     side_ratio = np.full(len(labels), np.nan)
-    scale_ratio, shift_x, shift_y, turn_after, turn_before, eyes_found = [], [], [], [], [], 0
+    shift_x, shift_y, turn_after, turn_before, eyes_found = [], [], [], [], 0
     eye_scale, eye_shift, box_scale, box_shift = [], [], [], []  # where the eyes frame the face
     for i, face in enumerate(images):
         frame, to_frame, side, angle, canvas, canvas_to_frame = render(face, rng)
@@ -253,7 +253,6 @@ def main(argv=None) -> int:
         clean_scene[i] = classifier.predict(same_crop(canvas, canvas_to_frame, (cx, cy, s),
                                                       cv2.BORDER_REPLICATE)).argmax(1)[0]
         side_ratio[i] = s / side
-        scale_ratio.append(s / side)
         shift_x.append((cx - centre[0]) / side)
         shift_y.append((cy - centre[1]) / side)
         eyes = aligner.eye_pair(gray, box)  # found once, used by every aligning option
@@ -287,7 +286,7 @@ def main(argv=None) -> int:
         "oracle_on_found": summary(labels[found], oracle[found], classes),
         "options": {}, "geometry": {
             "percentiles": [10, 25, 50, 75, 90],
-            "fer2013_side_over_true_side": quartiles(scale_ratio),
+            "fer2013_side_over_true_side": quartiles(side_ratio[found]),
             "centre_shift_x_in_sides": quartiles(shift_x), "centre_shift_y_in_sides": quartiles(shift_y),
             "eye_pairs_found": round(eyes_found / max(1, n_found), 4),
             "abs_turn_left_without_alignment": quartiles(np.abs(turn_before)),
@@ -314,7 +313,8 @@ def main(argv=None) -> int:
     for lo, hi in zip(SIDE_BINS[:-1], SIDE_BINS[1:]):
         inside = (side_ratio[found] >= lo) & (side_ratio[found] < hi)
         bins.append({"side_ratio": [lo, hi if math.isfinite(hi) else None], "n": int(inside.sum()),
-                     **{name: round(float(v[inside].mean()), 4) for name, v in ok.items() if name != "oracle"}})
+                     **{name: round(float(v[inside].mean()), 4) if inside.any() else None
+                        for name, v in ok.items() if name != "oracle"}})
     result["decomposition"] = {
         "what": "the shipped crop (fer2013 framing) on the found faces; same_crop_on_clean_face: its very "
                 "geometry applied to the original 48x48 face, borders reflected as in training; "

@@ -12,7 +12,8 @@ For every rendered face, on the same draw and the same Haar box (the pipeline's 
 - `direct`: the original 48x48 face classified as is (what the model scores on its own test set);
 - `oracle`: the face cut back out of the scene with the true geometry (what photometry alone costs);
 - one entry per crop option: the hand-chosen margins (0.1 is the crop shipped before), FER2013's framing
-  measured by scripts/measure_fer_framing.py, eye alignment, histogram equalisation and CLAHE.
+  measured by scripts/measure_fer_framing.py, eye alignment, histogram equalisation and CLAHE, and the
+  FER2013-framed crop classified both as cut and normalised, the two answers averaged (VIEW_OPTIONS).
 Each gap to direct classification comes with its 95 % paired-bootstrap interval.
 Accuracies are over the faces the detector found (a box whose centre lies within the face's true frame);
 `direct_on_found` is direct classification on those same faces, the figure each option is compared with.
@@ -47,7 +48,7 @@ from bench_fer import RawModel, fer_pkg_input  # noqa: E402
 from pi.metrics import report  # noqa: E402
 from pi.vision.evaluation import stratified_sample  # noqa: E402
 from pi.vision.face import FaceDetector, frame_square, square_from_eyes  # noqa: E402
-from pi.vision.fer import ExpressionClassifier, read_metadata  # noqa: E402
+from pi.vision.fer import ExpressionClassifier, FaceViews, read_metadata  # noqa: E402
 
 W, H = 640, 480
 # name -> FaceDetector keyword arguments; all share the same detection
@@ -64,6 +65,12 @@ OPTIONS = {
     "eyes+clahe": {"align": "eyes", "normalise": "clahe"},
 }
 
+
+# name -> FaceViews over the FER2013-framed crop: the face classified as cropped and normalised, averaged
+VIEW_OPTIONS = {
+    "fer2013, averaged with its CLAHE view": FaceViews(normalised="clahe"),
+    "fer2013, averaged with its equalised view": FaceViews(normalised="equalize"),
+}
 
 FER_PACKAGE_ON = ("margin_0.10 (shipped before)", "fer2013", "fer2013+align", "eyes (fer2013 without a pair)")
 
@@ -228,7 +235,7 @@ def main(argv=None) -> int:
     fer_crops = {name: np.full(len(labels), -1) for name in FER_PACKAGE_ON}
     found = np.zeros(len(labels), bool)
     found_largest = np.zeros(len(labels), bool)
-    predicted = {name: np.full(len(labels), -1) for name in OPTIONS}
+    predicted = {name: np.full(len(labels), -1) for name in [*OPTIONS, *VIEW_OPTIONS]}
     oracle = np.zeros(len(labels), int)
     clean_face, clean_scene = np.full(len(labels), -1), np.full(len(labels), -1)
     side_ratio = np.full(len(labels), np.nan)
@@ -274,6 +281,9 @@ def main(argv=None) -> int:
             predicted[name][i] = classifier.predict(crop).argmax(1)[0]
             if fer_pkg and name in fer_crops:
                 fer_crops[name][i] = fer_pkg.predict(crop)
+            if name == "fer2013":
+                for vname, views in VIEW_OPTIONS.items():
+                    predicted[vname][i] = views.predict(classifier, crop).argmax(1)[0]
     classes = classifier.classes
     n_found = int(found.sum())
     result: dict = {
@@ -298,7 +308,7 @@ def main(argv=None) -> int:
                                      "fer2013_centre_error_in_sides": quartiles(box_shift)}},
     }
     base = result["direct_on_found"]["accuracy"]
-    for name in OPTIONS:
+    for name in [*OPTIONS, *VIEW_OPTIONS]:
         s = summary(labels[found], predicted[name][found], classes)
         s["gap_to_direct_points"] = round(100 * (base - s["accuracy"]), 2)
         s["gap_ci95_points"] = gap_interval(direct[found] == labels[found], predicted[name][found] == labels[found],

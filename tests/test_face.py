@@ -1,6 +1,7 @@
 """The face half on the shipped model: runtime fallback chain, real TFLite inference, real OpenCV Haar."""
 import json
 
+import cv2
 import numpy as np
 import pytest
 from conftest import FER_PUBLIC, ROOT, needs_fer2013, run_cli
@@ -107,6 +108,19 @@ def test_face_views_zoom_about_the_centre_and_mirror():
     assert abs(bright[:, 0].mean() - 23.5) < 0.3 and abs(bright[:, 1].mean() - 18.5) < 0.4
 
 
+def test_normalised_views_add_the_face_with_its_contrast_restored():
+    rng = np.random.default_rng(1)
+    flat = np.clip(120 + 0.3 * rng.normal(0, 40, (2, 48, 48)), 0, 255).astype(np.uint8)  # a dim, flat crop
+    views = FaceViews(normalised="equalize")
+    assert views.count == 2 and FaceViews((1.0, 1.1), flip=True, normalised="clahe").count == 8
+    as_cut, equalised = views.views(flat)
+    assert np.array_equal(as_cut, flat)
+    assert np.array_equal(equalised, np.stack([cv2.equalizeHist(f) for f in flat]))
+    assert equalised.std() > 3 * flat.std()
+    with pytest.raises(ValueError, match="normalised views"):
+        FaceViews(normalised="gamma")
+
+
 @pytest.mark.parametrize("scales", [(), (0.2,), (1.0, 2.5)])
 def test_face_views_refuse_impossible_zooms(scales):
     with pytest.raises(ValueError, match="0.5..2.0"):
@@ -136,6 +150,9 @@ def test_runtime_views_average_extra_invokes(classifier):
     by_hand = (classifier.predict(views.views(faces)[0]) + classifier.predict(views.views(faces)[1])) / 2
     assert zoomed.shape == (20, 7) and np.allclose(zoomed, by_hand, atol=1e-6)
     assert not np.allclose(zoomed, classifier.predict(faces), atol=0.01)  # the zoomed views change the answer
+    both = FaceViews(normalised="clahe").predict(classifier, faces)
+    clahe = np.stack([cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4)).apply(f) for f in faces])
+    assert np.allclose(both, (classifier.predict(faces) + classifier.predict(clahe)) / 2, atol=1e-6)
 
 
 def test_no_face_is_an_outcome_not_a_guess(classifier):
@@ -231,6 +248,8 @@ def test_run_time_views_on_a_model_with_views_in_its_graph_are_warned_about(capl
     caplog.clear()
     with caplog.at_level("WARNING", logger="pi.service.device"):
         assert load_face_pipeline(config.load(None)).views.count == 1
+        # a normalised view is no zoom: the graph's views do not compound with it
+        assert load_face_pipeline(config.load(None, ["face.normalised_view=clahe"])).views.normalised == "clahe"
     assert "already averages" not in caplog.text
 
 

@@ -83,9 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a random sample of N images, stratified by class (files are often sorted by class)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --limit sample")
     p.add_argument("--flip", action="store_true", help="average with the mirrored face")
-    p.add_argument("--scales", type=_scales_argument, default=(1.0,), metavar="S,S,...",
-                   help="also average zoomed views, e.g. 0.9,1.0,1.1, one invoke each (default 1.0: the model "
-                        "as shipped, whose graph already averages its own views)")
+    p.add_argument("--scales", type=_scales_argument, default=None, metavar="S,S,...",
+                   help="also average zoomed views, e.g. 0.9,1.0,1.1, one invoke each (default: 1.0, the model "
+                        "as shipped, whose graph already averages its own views; with --pipeline, the "
+                        "configured face.view_scales)")
     p.add_argument("--pipeline", action="store_true",
                    help="the images are full photos (N x H x W grey or N x H x W x 3 BGR): run the whole face "
                         "path on them with the configured face.* settings (detection, crop, views, "
@@ -206,7 +207,11 @@ def cmd_fer_eval(args) -> int:
     cfg = config_mod.load(args.config, args.overrides)
     face = cfg["face"]
     model, metadata = args.model or Path(face["model"]), args.metadata or Path(face["metadata"])
-    views = FaceViews(args.scales, args.flip)
+    if args.pipeline:  # the daemon's views, as configured, unless the command line names others
+        views = FaceViews(args.scales or tuple(face["view_scales"]), args.flip or face["flip_average"],
+                          face["normalised_view"])
+    else:  # the model alone
+        views = FaceViews(args.scales or (1.0,), args.flip)
     if args.pipeline:
         report = evaluate_pipeline(args.data, model, metadata, FaceDetector.from_config(face), limit=args.limit,
                                    views=views, threads=face["threads"], seed=args.seed)

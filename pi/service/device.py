@@ -54,14 +54,15 @@ def load_face_pipeline(cfg: dict):
     from pi.vision.fer import ExpressionClassifier, FaceViews, read_metadata
 
     face = cfg["face"]
-    views = FaceViews(tuple(face["view_scales"]), face["flip_average"])
+    views = FaceViews(tuple(face["view_scales"]), face["flip_average"], face["normalised_view"])
     try:
         classifier = ExpressionClassifier.from_metadata(face["model"], face["metadata"], face["threads"])
         in_graph = read_metadata(face["metadata"]).get("views_in_graph")
-        if in_graph and views.count > 1:
+        zooms = len(views.scales) * (2 if views.flip else 1)
+        if in_graph and zooms > 1:
             log.warning("face.view_scales/flip_average add %d run-time views to a model that already averages "
                         "%d views in its graph (models/fer.json views_in_graph): zooms compound and each "
-                        "frame costs %d invokes", views.count, in_graph["count"], views.count)
+                        "frame costs %d invokes", zooms, in_graph["count"], views.count)
         return FacePipeline(FaceDetector.from_config(face), classifier, views)
     except ModelError as exc:
         warnings.warn(f"face model unavailable ({exc}); detections use physiology alone", NoFaceModelWarning,

@@ -84,7 +84,7 @@ def evaluate_pipeline(data: str | Path, model: str | Path, metadata: str | Path,
                            "scale_factor": detector.scale_factor, "margin": detector.margin,
                            "align": detector.align, "normalise": detector.normalise, "pick": detector.pick},
               "model": str(model), "data": str(data), "flip": views.flip, "scales": list(views.scales),
-              "runtime": classifier.runtime,
+              "normalised_view": views.normalised, "runtime": classifier.runtime,
               "sample": None if limit is None else {"limit": limit, "seed": seed, "stratified": True}}
     return result
 
@@ -93,7 +93,9 @@ def format_pipeline_report(r: dict) -> str:
     p = r["pipeline"]
     crop = "FER2013 framing" if p["margin"] is None else f"margin {p['margin']}"
     lines = [f"{r['data']}: {r['n']} photos, model {Path(r['model']).name} ({r['runtime']}); crop {crop}, "
-             f"align {p['align']}, normalise {p['normalise']}, pick {p['pick']}",
+             f"align {p['align']}, normalise {p['normalise']}, pick {p['pick']}; views: scales {r['scales']}"
+             f"{' + mirror' if r['flip'] else ''}"
+             f"{'' if r['normalised_view'] == 'none' else ' + ' + r['normalised_view'] + ' view'}",
              f"faces found {r['detected']}/{r['n']} ({r['detection_rate']:.4f})",
              f"on found faces: accuracy {r['accuracy_detected']:.4f}   macro-F1 {r['macro_f1_detected']:.4f}",
              f"counting a miss as wrong: accuracy {r['accuracy_all']:.4f}", ""]

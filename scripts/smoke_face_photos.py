@@ -23,11 +23,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pi.service import config  # noqa: E402
 from pi.vision.face import FaceDetector, FacePipeline  # noqa: E402
-from pi.vision.fer import ExpressionClassifier  # noqa: E402
+from pi.vision.fer import ExpressionClassifier, FaceViews  # noqa: E402
 
-OPTIONS = {"margin_0.10 (shipped before)": {"margin": 0.1, "pick": "largest"}, "default (fer2013 framing)": {},
-           "rotate": {"align": "rotate"}, "eyes": {"align": "eyes"}}
+# name -> FaceDetector keyword arguments; "default" is the shipped configuration, views included
+OPTIONS = {"margin_0.10 (shipped before)": {"margin": 0.1, "pick": "largest"}, "default": {},
+           "default without the normalised view": {}, "rotate": {"align": "rotate"}, "eyes": {"align": "eyes"}}
 
 
 def variants(bgr: np.ndarray) -> dict[str, np.ndarray]:
@@ -46,6 +48,9 @@ def main() -> int:
 
     cv2.setNumThreads(1)
     classifier = ExpressionClassifier.from_metadata(ROOT / "models" / "fer_int8.tflite", ROOT / "models" / "fer.json")
+    face = config.load(None)["face"]
+    if face["margin"] is not None or face["align"] != "none":
+        raise SystemExit("the 'default' option assumes the shipped crop (face.margin null, face.align none)")
     photos = {
         "astronaut": ("skimage.data.astronaut() (NASA, public domain)", "happy",
                       cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)),
@@ -61,7 +66,8 @@ def main() -> int:
         for vname, frame in variants(photo).items():
             row = {}
             for oname, kw in OPTIONS.items():
-                r = FacePipeline(FaceDetector(**kw), classifier).analyse(frame)
+                views = FaceViews(normalised=face["normalised_view"]) if oname == "default" else FaceViews()
+                r = FacePipeline(FaceDetector(**kw), classifier, views).analyse(frame)
                 if r.probabilities is None:
                     row[oname] = {"box": None}
                     continue

@@ -241,15 +241,16 @@ def test_run_time_views_on_a_model_with_views_in_its_graph_are_warned_about(capl
     from pi.service.device import load_face_pipeline
 
     with caplog.at_level("WARNING", logger="pi.service.device"):
-        pipeline = load_face_pipeline(config.load(None, ["face.flip_average=true"]))
+        pipeline = load_face_pipeline(config.load(None, ["face.flip_average=true", "face.normalised_view=none"]))
     assert pipeline.views.count == 2
     in_graph = read_metadata(META)["views_in_graph"]["count"]
     assert f"already averages {in_graph} views in its graph" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="pi.service.device"):
-        assert load_face_pipeline(config.load(None)).views.count == 1
-        # a normalised view is no zoom: the graph's views do not compound with it
-        assert load_face_pipeline(config.load(None, ["face.normalised_view=clahe"])).views.normalised == "clahe"
+        assert load_face_pipeline(config.load(None, ["face.normalised_view=none"])).views.count == 1
+        # the shipped default adds the equalised view: no zoom, so the graph's views do not compound with it
+        default = load_face_pipeline(config.load(None)).views
+        assert (default.normalised, default.count) == ("equalize", 2)
     assert "already averages" not in caplog.text
 
 

@@ -203,12 +203,12 @@ def test_fer_eval_pipeline_reports_detection_and_accuracy(photos):
     assert "crop margin 0.1, align rotate" in text.stdout and "faces found" in text.stdout
     # the daemon's run-time views, as configured, unless the command line names others
     configured = json.loads(run_cli("fer-eval", str(folder / "grey.npz"), "--pipeline", "--json", "--limit", "14",
-                                    "--set", "face.normalised_view=equalize", "--set", "face.view_scales=[1.0, 1.1]",
+                                    "--set", "face.normalised_view=clahe", "--set", "face.view_scales=[1.0, 1.1]",
                                     "--set", "face.flip_average=true").stdout)
-    assert (configured["normalised_view"], configured["scales"], configured["flip"]) == ("equalize", [1.0, 1.1], True)
+    assert (configured["normalised_view"], configured["scales"], configured["flip"]) == ("clahe", [1.0, 1.1], True)
     named = json.loads(run_cli("fer-eval", str(folder / "grey.npz"), "--pipeline", "--json", "--limit", "14",
                                "--set", "face.view_scales=[1.0, 1.1]", "--scales", "0.9,1.0").stdout)
-    assert (named["normalised_view"], named["scales"], named["flip"]) == ("none", [0.9, 1.0], False)
+    assert (named["normalised_view"], named["scales"], named["flip"]) == ("equalize", [0.9, 1.0], False)  # the default
 
 
 def test_fer_eval_pipeline_refuses_images_it_cannot_read(tmp_path):

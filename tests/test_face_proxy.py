@@ -1,5 +1,6 @@
-"""The proxy benchmark (scripts/bench_face_proxy.py): its geometry and its JSON, on the bundled face
-sample, the real cascades and the shipped model; no ../shared needed."""
+"""The face benchmarks: the proxy (scripts/bench_face_proxy.py), its geometry and its JSON, and the light
+conditions (scripts/bench_face_light.py), on the bundled face sample, the real cascades and the shipped
+model; no ../shared needed."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,10 @@ from conftest import ROOT
 from pi.resources import FACE_SAMPLE, shipped
 
 sys.path.insert(0, str(ROOT / "scripts"))
+from bench_face_light import conditions, squeeze  # noqa: E402
 from bench_face_proxy import crop_map, render, same_crop  # noqa: E402
+
+from pi.vision.fer import ExpressionClassifier  # noqa: E402
 
 
 def test_the_true_square_cut_from_the_clean_face_is_the_face():
@@ -53,3 +57,29 @@ def test_the_benchmark_prints_its_figures_and_decomposition():
     for s in r["options"].values():
         low, high = s["gap_ci95_points"]
         assert low <= s["gap_to_direct_points"] <= high
+
+
+def test_light_conditions_do_what_they_say():
+    faces = np.load(shipped(FACE_SAMPLE))["images"][:10]
+    flat = squeeze(faces, 0.4)
+    assert np.allclose(flat.mean(axis=(1, 2)), faces.mean(axis=(1, 2)), atol=1.0)
+    assert np.allclose(flat.std(axis=(1, 2)), 0.4 * faces.std(axis=(1, 2)), atol=0.6)
+    light = conditions(0)
+    assert np.array_equal(light["as_is"](faces), faces)
+    assert light["dim_0.35_noise_3"](faces).mean() < 0.4 * faces.mean() + 1
+    assert light["washed_out_0.45"](faces).min() >= 255 - 0.45 * 255 - 1
+    assert np.array_equal(light["dim_0.35_noise_3"](faces), conditions(0)["dim_0.35_noise_3"](faces))
+
+
+def test_the_light_benchmark_scores_each_condition_and_view():
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_face_light.py"), "--data",
+                          str(shipped(FACE_SAMPLE))], capture_output=True, text=True, timeout=300, check=True)
+    r = json.loads(out.stdout)
+    sample = np.load(shipped(FACE_SAMPLE))
+    classifier = ExpressionClassifier.from_metadata(ROOT / "models" / "fer_int8.tflite", ROOT / "models" / "fer.json")
+    direct = float(np.mean(classifier.predict(sample["images"]).argmax(1) == sample["labels"]))
+    assert r["n"] == len(sample["labels"]) and set(r["conditions"]) == set(conditions(0))
+    assert abs(r["conditions"]["as_is"]["none"]["accuracy"] - direct) < 1e-3
+    for row in r["conditions"].values():
+        assert set(row) == {"none", "equalize", "clahe"}
+        assert all(0 <= v["accuracy"] <= 1 for v in row.values())

@@ -242,9 +242,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
                        choices=("none", "rotate", "eyes")),
         "normalise": Field("str", "none", "photometric normalisation of the cropped face",
                            choices=("none", "equalize", "clahe")),
-        "normalised_view": Field("str", "none", "also classify the cropped face normalised (equalize or clahe) "
+        "normalised_view": Field("str", "equalize", "also classify the cropped face normalised (equalize or clahe) "
                                  "and average the two answers, its contrast restored in flat or dim light; "
-                                 "one more invoke per view", choices=("none", "equalize", "clahe")),
+                                 "one more invoke per view (README: face pipeline)",
+                                 choices=("none", "equalize", "clahe")),
         "pick": Field("str", "confident", "which of several detections is the face: the one the cascade is "
                       "surest of, or the largest", choices=("confident", "largest")),
     },

@@ -200,18 +200,19 @@ class FaceViews:
         return np.stack(rows), np.stack(cols)
 
     def iter_views(self, faces: np.ndarray):
-        """Each view of (N, H, W) faces in turn, as (N, H, W) float32: one view in memory at a time."""
+        """Each view of (N, H, W) faces in turn, as (N, H, W) float32: the zooms of the faces as cut, then,
+        with `normalised`, the zooms of the normalised faces; one zoomed view in memory at a time."""
         variants = [np.asarray(faces, np.float32)]
         if self.normalised != "none":
             pixels = np.clip(np.rint(variants[0]), 0, 255).astype(np.uint8)
             variants.append(np.stack([normalise_face(f, self.normalised) for f in pixels]).astype(np.float32))
-        for faces in variants:
+        for variant in variants:
             if self.scales == (1.0,) and not self.flip:  # the face as cropped: no resampling to do
-                yield faces
+                yield variant
                 continue
-            rows, cols = self.matrices(*faces.shape[1:])
+            rows, cols = self.matrices(*variant.shape[1:])
             for r, c in zip(rows, cols):
-                yield r @ faces @ c.T
+                yield r @ variant @ c.T
 
     def views(self, faces: np.ndarray) -> np.ndarray:
         """(N, H, W) faces in, (count, N, H, W) float32 views out."""

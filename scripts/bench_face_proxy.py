@@ -190,10 +190,14 @@ def summary(labels: np.ndarray, predicted: np.ndarray, classes) -> dict:
             "recall": {c: m["recall"] for c, m in r["per_class"].items()}}
 
 
-def gap_interval(direct_ok: np.ndarray, option_ok: np.ndarray, seed: int) -> list[float]:
+def gap_interval(direct_ok: np.ndarray, option_ok: np.ndarray, seed: int) -> list[float | None]:
     """95 % interval of the gap to direct classification, in points: a paired bootstrap over the found
-    faces (scipy.stats.bootstrap), since a draw of a thousand faces moves the gap by a point or two."""
+    faces (scipy.stats.bootstrap), since a draw of a thousand faces moves the gap by a point or two; none
+    for fewer than two faces."""
     from scipy.stats import bootstrap
+
+    if len(direct_ok) < 2:
+        return [None, None]
 
     def gap(a, b, axis=-1):
         return 100 * (a.mean(axis=axis) - b.mean(axis=axis))
@@ -307,12 +311,12 @@ def main(argv=None) -> int:
                                      "eyes_centre_error_in_sides": quartiles(eye_shift),
                                      "fer2013_centre_error_in_sides": quartiles(box_shift)}},
     }
-    base = result["direct_on_found"]["accuracy"]
+    direct_ok = direct[found] == labels[found]
     for name in [*OPTIONS, *VIEW_OPTIONS]:
         s = summary(labels[found], predicted[name][found], classes)
-        s["gap_to_direct_points"] = round(100 * (base - s["accuracy"]), 2)
-        s["gap_ci95_points"] = gap_interval(direct[found] == labels[found], predicted[name][found] == labels[found],
-                                            args.seed)
+        option_ok = predicted[name][found] == labels[found]
+        s["gap_to_direct_points"] = round(100 * float(direct_ok.mean() - option_ok.mean()), 2)
+        s["gap_ci95_points"] = gap_interval(direct_ok, option_ok, args.seed)
         s["accuracy_all"] = round(float(np.mean(predicted[name] == labels)), 4)
         result["options"][name] = s
     pipeline = predicted["fer2013"]

@@ -105,8 +105,10 @@ def with_views(models: list, views):
     from keras import ops
 
     size = int(models[0].input_shape[1])
+    if views.normalised != "none":
+        raise ValueError("a normalised view is no linear map and cannot be baked into the graph")
     rows, cols = views.matrices(size, size)
-    count = views.count
+    count = views.zooms
     # Both products as plain matrix products with a constant right-hand side (FULLY_CONNECTED in TFLite):
     # int8 BATCH_MATMUL with the constant on the left and a broadcast batch came out wrong from the
     # converter (every pixel saturated). Columns: one (W, V*W) matrix for all views; rows: a block-diagonal

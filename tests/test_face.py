@@ -119,6 +119,17 @@ def test_normalised_views_add_the_face_with_its_contrast_restored():
     assert equalised.std() > 3 * flat.std()
     with pytest.raises(ValueError, match="normalised views"):
         FaceViews(normalised="gamma")
+    # one face, or none, as the plain views take them
+    assert views.views(flat[0]).shape == (2, 1, 48, 48)
+    assert views.views(flat[:0]).shape == FaceViews().views(flat[:0]).shape == (1, 0, 48, 48)
+
+
+def test_the_configured_normalisations_are_the_ones_photometry_knows():
+    from pi.service.config import SCHEMA
+    from pi.vision.photometry import NORMALISATIONS
+
+    for key in ("normalise", "normalised_view"):
+        assert tuple(SCHEMA["face"][key].choices) == NORMALISATIONS, key
 
 
 @pytest.mark.parametrize("scales", [(), (0.2,), (1.0, 2.5)])
@@ -251,7 +262,10 @@ def test_run_time_views_on_a_model_with_views_in_its_graph_are_warned_about(capl
         # the shipped default adds the equalised view: no zoom, so the graph's views do not compound with it
         default = load_face_pipeline(config.load(None)).views
         assert (default.normalised, default.count) == ("equalize", 2)
-    assert "already averages" not in caplog.text
+    assert "already averages" not in caplog.text and "second time" not in caplog.text
+    with caplog.at_level("WARNING", logger="pi.service.device"):
+        load_face_pipeline(config.load(None, ["face.normalise=equalize"]))
+    assert "classifies a nearly identical face a second time" in caplog.text
 
 
 def test_limit_draws_a_stratified_sample_not_the_first_rows():

@@ -9,14 +9,16 @@ import sys
 
 import cv2
 import numpy as np
+import pytest
 from conftest import ROOT
 
 from pi.resources import FACE_SAMPLE, shipped
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from bench_face_light import conditions, squeeze  # noqa: E402
-from bench_face_proxy import crop_map, render, same_crop  # noqa: E402
+from bench_face_proxy import crop_map, gap_interval, render, same_crop  # noqa: E402
 
+from pi.vision.face import FaceDetector  # noqa: E402
 from pi.vision.fer import ExpressionClassifier  # noqa: E402
 
 
@@ -34,6 +36,28 @@ def test_the_true_square_cut_from_the_clean_face_is_the_face():
     assert np.abs(wide[12:36, 12:36].astype(int) - half).mean() < 4
 
 
+def test_same_crop_cuts_what_the_detector_cuts():
+    """same_crop's pixel geometry against FaceDetector.cut itself, on a smooth image (no aliasing), for
+    squares that cut takes without rounding its corner: equal, and half a crop pixel either way is not."""
+    rng = np.random.default_rng(3)
+    image = cv2.GaussianBlur(rng.uniform(0, 255, (240, 320)).astype(np.float32), (0, 0), 4)
+    image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    identity = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    for cx, cy, side in ((160.0, 120.0, 48.0), (150.0, 100.0, 96.0), (121.0, 90.0, 96.0)):
+        cut = FaceDetector().cut(image, (cx, cy, side, 0.0), 48).astype(float)
+        same = same_crop(image, identity, (cx, cy, side), cv2.BORDER_REPLICATE)
+        assert np.abs(cut - same).mean() < 0.5, (cx, cy, side)
+        for dx in (-0.5, 0.5):
+            off = same_crop(image, identity, (cx + dx * side / 48, cy, side), cv2.BORDER_REPLICATE)
+            assert np.abs(cut - off).mean() > 1.0, (cx, cy, side, dx)
+
+
+def test_the_gap_interval_needs_two_faces():
+    assert gap_interval(np.array([True]), np.array([False]), 0) == [None, None]
+    low, high = gap_interval(np.array([True] * 60 + [False] * 40), np.array([True] * 50 + [False] * 50), 0)
+    assert low < 10 < high
+
+
 def test_the_clean_canvas_maps_onto_the_rendered_frame():
     face = np.load(shipped(FACE_SAMPLE))["images"][5]
     frame, to_frame, side, angle, canvas, canvas_to_frame = render(face, np.random.default_rng(4))
@@ -43,6 +67,7 @@ def test_the_clean_canvas_maps_onto_the_rendered_frame():
 
 
 def test_the_benchmark_prints_its_figures_and_decomposition():
+    pytest.importorskip("scipy", reason="the gap's interval is scipy's bootstrap (the report extra)")
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_face_proxy.py"), "--data",
                           str(shipped(FACE_SAMPLE)), "--n", "24", "--fer-model", "/nonexistent"],
                          capture_output=True, text=True, timeout=300, check=True)

@@ -13,7 +13,7 @@ from conftest import ROOT
 from pi.resources import FACE_SAMPLE, shipped
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from finetune_fer import PERCENTILES, Framing, HaarFrames, warp_batch  # noqa: E402
+from finetune_fer import PERCENTILES, Framing, HaarFrames, fingerprint, warp_batch  # noqa: E402
 from measure_fer_framing import haar_box  # noqa: E402
 
 from pi.vision.face import FaceDetector  # noqa: E402
@@ -96,6 +96,13 @@ def test_haar_framing_zooms_framed_faces_and_keeps_the_recipe_for_the_rest():
     assert np.all(sides[32:] >= 20 * 0.9 - 1.5)
     with pytest.raises(ValueError, match="index"):
         warp_batch(faces, np.random.default_rng(3), HaarFrames(frames), 1.0)
+
+
+def test_caches_are_named_by_the_faces_not_their_count():
+    faces = np.load(shipped(FACE_SAMPLE))["images"]
+    assert fingerprint(faces[:20]) == fingerprint(faces[:20].copy())
+    assert fingerprint(faces[:20]) != fingerprint(faces[20:40])  # another draw of the same size
+    assert fingerprint(faces[:20]).startswith("20-")
 
 
 @pytest.fixture(scope="module")

@@ -58,11 +58,14 @@ def load_face_pipeline(cfg: dict):
     try:
         classifier = ExpressionClassifier.from_metadata(face["model"], face["metadata"], face["threads"])
         in_graph = read_metadata(face["metadata"]).get("views_in_graph")
-        zooms = len(views.scales) * (2 if views.flip else 1)
-        if in_graph and zooms > 1:
+        if in_graph and views.zooms > 1:
             log.warning("face.view_scales/flip_average add %d run-time views to a model that already averages "
                         "%d views in its graph (models/fer.json views_in_graph): zooms compound and each "
-                        "frame costs %d invokes", zooms, in_graph["count"], views.count)
+                        "frame costs %d invokes", views.zooms, in_graph["count"], views.count)
+        if face["normalise"] != "none" and views.normalised != "none":
+            log.warning("face.normalise=%s already normalises the crop, so face.normalised_view=%s classifies "
+                        "a nearly identical face a second time; set one of them to none", face["normalise"],
+                        views.normalised)
         return FacePipeline(FaceDetector.from_config(face), classifier, views)
     except ModelError as exc:
         warnings.warn(f"face model unavailable ({exc}); detections use physiology alone", NoFaceModelWarning,

@@ -186,8 +186,14 @@ class FaceViews:
         return FaceViews(scales).scales
 
     @property
+    def zooms(self) -> int:
+        """Zoomed and mirrored views of one face (the linear ones, which a graph can bake in)."""
+        return len(self.scales) * (2 if self.flip else 1)
+
+    @property
     def count(self) -> int:
-        return len(self.scales) * (2 if self.flip else 1) * (1 if self.normalised == "none" else 2)
+        """Invokes per face: the zooms, twice over with a normalised view."""
+        return self.zooms * (1 if self.normalised == "none" else 2)
 
     def matrices(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """Row and column resampling matrices of the zoomed and mirrored views, (zooms, H, H) and (zooms, W, W):
@@ -203,7 +209,9 @@ class FaceViews:
         """Each view of (N, H, W) faces in turn, as (N, H, W) float32: the zooms of the faces as cut, then,
         with `normalised`, the zooms of the normalised faces; one zoomed view in memory at a time."""
         variants = [np.asarray(faces, np.float32)]
-        if self.normalised != "none":
+        if variants[0].ndim == 2:  # one face
+            variants[0] = variants[0][None]
+        if self.normalised != "none" and len(variants[0]):
             pixels = np.clip(np.rint(variants[0]), 0, 255).astype(np.uint8)
             variants.append(np.stack([normalise_face(f, self.normalised) for f in pixels]).astype(np.float32))
         for variant in variants:

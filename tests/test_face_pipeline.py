@@ -209,6 +209,9 @@ def test_fer_eval_pipeline_reports_detection_and_accuracy(photos):
     named = json.loads(run_cli("fer-eval", str(folder / "grey.npz"), "--pipeline", "--json", "--limit", "14",
                                "--set", "face.view_scales=[1.0, 1.1]", "--scales", "0.9,1.0").stdout)
     assert (named["normalised_view"], named["scales"], named["flip"]) == ("equalize", [0.9, 1.0], False)  # the default
+    unflipped = json.loads(run_cli("fer-eval", str(folder / "grey.npz"), "--pipeline", "--json", "--limit", "14",
+                                   "--set", "face.flip_average=true", "--no-flip").stdout)
+    assert unflipped["flip"] is False
 
 
 def test_fer_eval_pipeline_refuses_images_it_cannot_read(tmp_path):

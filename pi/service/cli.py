@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None,
                    help="a random sample of N images, stratified by class (files are often sorted by class)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --limit sample")
-    p.add_argument("--flip", action="store_true", help="average with the mirrored face")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with the mirrored face, or not (default: not; with --pipeline, the configured "
+                        "face.flip_average)")
     p.add_argument("--scales", type=_scales_argument, default=None, metavar="S,S,...",
                    help="also average zoomed views, e.g. 0.9,1.0,1.1, one invoke each (default: 1.0, the model "
                         "as shipped, whose graph already averages its own views; with --pipeline, the "
@@ -208,10 +210,10 @@ def cmd_fer_eval(args) -> int:
     face = cfg["face"]
     model, metadata = args.model or Path(face["model"]), args.metadata or Path(face["metadata"])
     if args.pipeline:  # the daemon's views, as configured, unless the command line names others
-        views = FaceViews(args.scales or tuple(face["view_scales"]), args.flip or face["flip_average"],
-                          face["normalised_view"])
+        views = FaceViews(args.scales or tuple(face["view_scales"]),
+                          face["flip_average"] if args.flip is None else args.flip, face["normalised_view"])
     else:  # the model alone
-        views = FaceViews(args.scales or (1.0,), args.flip)
+        views = FaceViews(args.scales or (1.0,), bool(args.flip))
     if args.pipeline:
         report = evaluate_pipeline(args.data, model, metadata, FaceDetector.from_config(face), limit=args.limit,
                                    views=views, threads=face["threads"], seed=args.seed)

@@ -32,6 +32,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from portraits import bundled_portraits  # noqa: E402
+
 from pi.vision.face import FER_FRAME_IN_HAAR_BOX, FaceDetector  # noqa: E402
 
 UP = 4
@@ -44,41 +48,39 @@ def padded_upscale(face: np.ndarray, border: int = cv2.BORDER_REPLICATE) -> tupl
     return cv2.copyMakeBorder(big, pad, pad, pad, pad, border, value=int(big.mean())), side, pad
 
 
+def haar_box_px(detector: FaceDetector, scene: np.ndarray, smallest: int = 0) -> tuple[int, int, int, int] | None:
+    """The frontal cascade's largest box in `scene`'s pixels (its equalisation, scale factor, 5 neighbours,
+    boxes of at least `smallest` px and of the detector's minimum face); None when it finds none."""
+    smallest = max(detector.min_face, smallest)
+    found = detector.frontal.detectMultiScale(cv2.equalizeHist(scene), detector.scale_factor, 5,
+                                              minSize=(smallest, smallest))
+    if len(found) == 0:
+        return None
+    x, y, w, h = (int(v) for v in max(found, key=lambda b: b[2] * b[3]))
+    return x, y, w, h
+
+
 def haar_box(detector: FaceDetector, face: np.ndarray, border: int = cv2.BORDER_REPLICATE,
              min_share: float = 0.0) -> tuple[float, float, float, float] | None:
     """The frontal cascade's largest box on the padded, upscaled face, as fractions of the face's frame
     (x, y, w, h); None when it finds none. `min_share` skips boxes under that share of the frame (the
     search at small scales is most of the cost, and a box that small is not the face)."""
     scene, side, pad = padded_upscale(face, border)
-    smallest = max(detector.min_face, int(min_share * side))
-    found = detector.frontal.detectMultiScale(cv2.equalizeHist(scene), detector.scale_factor, 5,
-                                              minSize=(smallest, smallest))
-    if len(found) == 0:
-        return None
-    x, y, w, h = (int(v) for v in max(found, key=lambda b: b[2] * b[3]))
+    box = haar_box_px(detector, scene, int(min_share * side))
+    return None if box is None else in_frame(box, side, pad)
+
+
+def in_frame(box: tuple[int, int, int, int], side: int, pad: int) -> tuple[float, float, float, float]:
+    """A box in the padded scene's pixels as fractions of the face's frame."""
+    x, y, w, h = box
     return (x - pad) / side, (y - pad) / side, w / side, h / side
 
 
 def portraits() -> dict[str, np.ndarray]:
-    """Real, public-domain portraits that installed packages bundle, in grey, each also mirrored:
-    scikit-image's astronaut (Eileen Collins, NASA) and matplotlib's Grace Hopper (US Navy). Missing
-    packages give fewer."""
-    photos: dict[str, np.ndarray] = {}
-    try:
-        from skimage import data
-
-        photos["astronaut (skimage.data, NASA)"] = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2GRAY)
-    except ImportError:
-        pass
-    try:
-        from matplotlib import cbook
-
-        hopper = cv2.imread(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)), cv2.IMREAD_GRAYSCALE)
-        if hopper is not None:  # some builds of matplotlib leave out the sample data
-            photos["grace_hopper (matplotlib sample data, US Navy)"] = hopper
-    except (ImportError, OSError):
-        pass
-    return {**photos, **{f"{name}, mirrored": np.ascontiguousarray(g[:, ::-1]) for name, g in photos.items()}}
+    """The bundled real portraits (scripts/portraits.py) in grey, each also mirrored."""
+    grey = {f"{name}: {p.source}": cv2.cvtColor(p.bgr, cv2.COLOR_BGR2GRAY)
+            for name, p in bundled_portraits().items()}
+    return {**grey, **{f"{name}, mirrored": np.ascontiguousarray(g[:, ::-1]) for name, g in grey.items()}}
 
 
 def portrait_round_trip(detector: FaceDetector, gray: np.ndarray) -> dict | None:
@@ -117,14 +119,13 @@ def main(argv=None) -> int:
     for name, border in (("replicate", cv2.BORDER_REPLICATE), ("mean_grey", cv2.BORDER_CONSTANT)):
         boxes, angles, eyes = [], [], []
         for i in pick:
-            box = haar_box(detector, images[i], border)
+            scene, side, pad = padded_upscale(images[i], border)
+            box = haar_box_px(detector, scene)
             if box is None:
                 continue
-            boxes.append(box)
+            boxes.append(in_frame(box, side, pad))
             if name == "replicate":
-                scene, side, pad = padded_upscale(images[i], border)
-                x, y, w, h = (int(round(v * side)) + (pad if k < 2 else 0) for k, v in enumerate(box))
-                pair = detector.eye_pair(scene, (x, y, w, h))
+                pair = detector.eye_pair(scene, box)
                 if pair is not None:
                     (lx, ly), (rx, ry) = pair
                     angles.append(float(np.degrees(np.arctan2(ry - ly, rx - lx))))

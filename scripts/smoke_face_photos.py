@@ -22,6 +22,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from portraits import bundled_portraits  # noqa: E402
 
 from pi.service import config  # noqa: E402
 from pi.vision.face import FaceDetector, FacePipeline  # noqa: E402
@@ -43,27 +46,20 @@ def variants(bgr: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def main() -> int:
-    from matplotlib import cbook
-    from skimage import data
-
     cv2.setNumThreads(1)
     classifier = ExpressionClassifier.from_metadata(ROOT / "models" / "fer_int8.tflite", ROOT / "models" / "fer.json")
     face = config.load(None)["face"]
     if face["margin"] is not None or face["align"] != "none":
         raise SystemExit("the 'default' option assumes the shipped crop (face.margin null, face.align none)")
-    photos = {
-        "astronaut": ("skimage.data.astronaut() (NASA, public domain)", "happy",
-                      cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)),
-        "grace_hopper": ("matplotlib sample data grace_hopper.jpg (US Navy, public domain)", "neutral",
-                         cv2.imread(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))),
-    }
-    missing = [name for name, (_, _, photo) in photos.items() if photo is None]
-    if missing:
-        raise SystemExit(f"cannot read the bundled photo(s) {missing}: is the package's sample data installed?")
+    photos = bundled_portraits()
+    if set(photos) != {"astronaut", "grace_hopper"}:
+        raise SystemExit(f"only {sorted(photos)} of the bundled portraits could be read: are scikit-image and "
+                         "matplotlib installed, with their sample data?")
     result: dict = {"photos": {}}
-    for name, (source, expected, photo) in photos.items():
+    for name, portrait in photos.items():
+        expected = portrait.expression
         runs: dict = {}
-        for vname, frame in variants(photo).items():
+        for vname, frame in variants(portrait.bgr).items():
             row = {}
             for oname, kw in OPTIONS.items():
                 views = FaceViews(normalised=face["normalised_view"]) if oname == "default" else FaceViews()
@@ -76,7 +72,7 @@ def main() -> int:
                               f"p_{expected}": round(float(r.probabilities[classifier.classes.index(expected)]), 3),
                               "turned_degrees": round(r.angle, 1)}
             runs[vname] = row
-        result["photos"][name] = {"photo": source, "expected": expected, "runs": runs}
+        result["photos"][name] = {"photo": portrait.source, "expected": expected, "runs": runs}
     print(json.dumps(result, indent=2))
     return 0
 

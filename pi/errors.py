@@ -63,6 +63,10 @@ class NoFaceModelWarning(DegradedWarning):
     """The face model is missing or unloadable: detections use physiology alone."""
 
 
+class NoRegistrarWarning(DegradedWarning):
+    """The face registrar is missing or unloadable: faces are cut by the Haar box in FER2013's framing."""
+
+
 class SlowKernelsWarning(DegradedWarning):
     """The TFLite delegate refused the graph: the model runs on the slower built-in kernels."""
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 FER_MODEL = ("models", "fer_int8.tflite")
 FER_METADATA = ("models", "fer.json")
+REGISTRAR_MODEL = ("models", "face_register_int8.tflite")
+REGISTRAR_METADATA = ("models", "face_register.json")
 PHYSIO_PRIOR = ("models", "physio_prior.json")
 FACE_SAMPLE = ("drivers.sim", "faces_sample.npz")
 

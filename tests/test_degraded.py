@@ -8,6 +8,7 @@ from pi.errors import (
     NoCameraWarning,
     NoFaceModelWarning,
     NoPriorWarning,
+    NoRegistrarWarning,
     SlowKernelsWarning,
 )
 from pi.resources import FER_METADATA, FER_MODEL, shipped
@@ -56,5 +57,6 @@ def test_a_graph_the_delegate_refuses_runs_on_the_builtin_kernels(monkeypatch):
 
 
 def test_every_specific_warning_is_a_degraded_warning():
-    for w in (NoCameraWarning, NoFaceModelWarning, SlowKernelsWarning, EmptySceneWarning, NoPriorWarning):
+    for w in (NoCameraWarning, NoFaceModelWarning, SlowKernelsWarning, EmptySceneWarning, NoPriorWarning,
+              NoRegistrarWarning):
         assert issubclass(w, DegradedWarning) and issubclass(w, UserWarning)

@@ -190,7 +190,7 @@ def test_fer_eval_pipeline_reports_detection_and_accuracy(photos):
     assert sum(map(sum, r["confusion"])) == r["detected"]
     assert abs(r["accuracy_all"] * n - r["accuracy_detected"] * r["detected"]) < 1e-6
     assert set(r["recall"]) == set(r["classes"]) and 0 <= r["macro_f1_detected"] <= 1
-    assert r["pipeline"]["margin"] is None and r["pipeline"]["align"] == "none"
+    assert r["pipeline"]["margin"] is None and r["pipeline"]["align"] == "learned"  # the shipped defaults
     # classified through the pipeline, the faces get the answers the model gives them directly, mostly
     classifier = ExpressionClassifier.from_metadata(MODEL, META)
     direct = float(np.mean(classifier.predict(sample["images"]).argmax(1) == sample["labels"]))

@@ -16,10 +16,11 @@ from pi.resources import FACE_SAMPLE, shipped
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from bench_face_light import conditions, squeeze  # noqa: E402
-from bench_face_proxy import crop_map, gap_interval, render, same_crop  # noqa: E402
+from bench_face_proxy import gap_interval, render, same_crop  # noqa: E402
 
 from pi.vision.face import FaceDetector  # noqa: E402
 from pi.vision.fer import ExpressionClassifier  # noqa: E402
+from pi.vision.registration import square_map  # noqa: E402
 
 
 def test_the_true_square_cut_from_the_clean_face_is_the_face():
@@ -27,7 +28,8 @@ def test_the_true_square_cut_from_the_clean_face_is_the_face():
     to_frame = np.array([[3.0, 0.0, 100.0], [0.0, 3.0, 50.0]])  # 3x, no turn: the frame spans 100..244 x 50..194
     # FaceDetector.cut's square centred at c covers the pixels whose centres average c - 0.5
     square = (100 + 3 * 23.5 + 0.5, 50 + 3 * 23.5 + 0.5, 144.0)
-    np.testing.assert_allclose(crop_map(square) @ [23.5, 23.5, 1], [*to_frame @ [23.5, 23.5, 1], 1], atol=1e-9)
+    np.testing.assert_allclose(square_map((*square, 0.0)) @ [23.5, 23.5, 1], [*to_frame @ [23.5, 23.5, 1], 1],
+                               atol=1e-9)
     same = same_crop(face, to_frame, square, cv2.BORDER_REFLECT)
     assert np.abs(same.astype(int) - face).max() <= 1
     # a square twice the frame shows the face half as large, its surroundings reflected
@@ -82,6 +84,13 @@ def test_the_benchmark_prints_its_figures_and_decomposition():
     for s in r["options"].values():
         low, high = s["gap_ci95_points"]
         assert low <= s["gap_to_direct_points"] <= high
+    # the learned options run the registrar, turned or not, and report where their squares fall
+    learned = {"learned (registrar's framing)", "learned+turn", "learned, averaged with its equalised view"}
+    assert learned <= set(r["options"])
+    geometry = r["geometry"]
+    assert geometry["learned_side_over_true_side"] == geometry["learned+turn_side_over_true_side"]
+    assert geometry["learned_abs_turn_left"] == geometry["abs_turn_left_without_alignment"]  # not turned
+    assert geometry["learned+turn_abs_turn_left"] != geometry["learned_abs_turn_left"]
 
 
 def test_light_conditions_do_what_they_say():

@@ -221,6 +221,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
                        "(a relative path is taken from the current directory)", nullable=True),
         "metadata": Field("str", None, "the model's metadata JSON; null is the shipped models/fer.json",
                           nullable=True),
+        "registrar": Field("str", None, "TFLite face registrar for face.align learned; null is the shipped "
+                           "models/face_register_int8.tflite", nullable=True),
+        "registrar_metadata": Field("str", None, "the registrar's metadata JSON; null is the shipped "
+                                    "models/face_register.json", nullable=True),
         "threads": Field("int", 1, "interpreter threads", min=1, max=4),
         "detect_width": Field("int", 320, "frames are downscaled to this width for Haar detection",
                               min=80, max=4096),
@@ -237,9 +241,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
                         "box falls on FER2013's faces (models/fer_framing.json); a number instead grows the box "
                         "by that share of its side on each edge (negative: cuts inside it)", nullable=True,
                         min=-0.3, max=1),
-        "align": Field("str", "none", "none; rotate: turn the face upright from its eyes (OpenCV's eye "
-                       "cascade) before cropping; eyes: also frame it by the eyes, where FER2013's eyes sit",
-                       choices=("none", "rotate", "eyes")),
+        "align": Field("str", "learned", "none; rotate: turn the face upright from its eyes (OpenCV's eye "
+                       "cascade) before cropping; eyes: also frame it by the eyes, where FER2013's eyes sit; "
+                       "learned: reframe it where FER2013 would have framed it, predicted from the face by the "
+                       "shipped registrar (models/face_register.json); learned+turn: and turn it as predicted",
+                       choices=("none", "rotate", "eyes", "learned", "learned+turn")),
         "normalise": Field("str", "none", "photometric normalisation of the cropped face",
                            choices=("none", "equalize", "clahe")),
         "normalised_view": Field("str", "equalize", "also classify the cropped face normalised (equalize or clahe) "
@@ -640,6 +646,9 @@ def resolve(cfg: dict) -> dict:
     face["model"] = str(Path(face["model"]).resolve()) if face["model"] else str(resources.shipped(resources.FER_MODEL))
     face["metadata"] = (str(Path(face["metadata"]).resolve()) if face["metadata"]
                         else str(resources.shipped(resources.FER_METADATA)))
+    for key, shipped_file in (("registrar", resources.REGISTRAR_MODEL),
+                              ("registrar_metadata", resources.REGISTRAR_METADATA)):
+        face[key] = str(Path(face[key]).resolve()) if face[key] else str(resources.shipped(shipped_file))
     faces = cfg["sim"]["faces"]
     if faces == "sample":
         cfg["sim"]["faces"] = str(resources.shipped(resources.FACE_SAMPLE))

@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from pi.errors import CameraError, CommandError, EmotionEdgeError, ModelError, NoFaceModelWarning
+from pi.errors import CameraError, CommandError, EmotionEdgeError, ModelError, NoFaceModelWarning, NoRegistrarWarning
 from pi.messaging import messages
 from pi.messaging.outbox import Outbox
 from pi.messaging.publisher import OutboxPublisher, make_publisher
@@ -66,7 +66,15 @@ def load_face_pipeline(cfg: dict):
             log.warning("face.normalise=%s already normalises the crop, so face.normalised_view=%s classifies "
                         "a nearly identical face a second time; set one of them to none", face["normalise"],
                         views.normalised)
-        return FacePipeline(FaceDetector.from_config(face), classifier, views)
+        try:
+            detector = FaceDetector.from_config(face)
+        except ModelError as exc:
+            if not face["align"].startswith("learned"):
+                raise
+            warnings.warn(f"face registrar unavailable ({exc}); faces are cut by the Haar box in FER2013's "
+                          f"framing (face.align none)", NoRegistrarWarning, stacklevel=2)
+            detector = FaceDetector.from_config({**face, "align": "none"})
+        return FacePipeline(detector, classifier, views)
     except ModelError as exc:
         warnings.warn(f"face model unavailable ({exc}); detections use physiology alone", NoFaceModelWarning,
                       stacklevel=2)

@@ -9,10 +9,12 @@ whose frame almost coincides with a Haar box: on upscaled FER2013 training faces
 falls at FER_FRAME_IN_HAAR_BOX of the 48x48 frame (scripts/measure_fer_framing.py, models/fer_framing.json).
 With no `margin` (the default) the crop inverts that: from the Haar box of a real face it cuts the square
 FER2013 would have cut; a `margin` instead grows the box by a fixed share, the earlier hand-chosen crop.
-`align="rotate"` turns the face upright from the eyes (OpenCV's eye cascade) before cropping; `align="eyes"`
-also frames it by the eyes, placing them where they sit in FER2013's frames (FER_EYES), which does not
-depend on how much hair, forehead or background the Haar box takes in. `normalise` optionally equalises the
-crop's histogram. The proxy benchmark (scripts/bench_face_proxy.py) measures each.
+`align="learned"` (the shipped default) then moves and scales that square to where FER2013 would have
+framed this face, as a small CNN predicts from the face (pi/vision/registration.py); "learned+turn" also
+turns it as predicted. `align="rotate"` turns the face upright from the eyes (OpenCV's eye cascade) before
+cropping; `align="eyes"` also frames it by the eyes, placing them where they sit in FER2013's frames
+(FER_EYES), which does not depend on how much hair, forehead or background the Haar box takes in.
+`normalise` optionally equalises the crop's histogram. The proxy benchmark (scripts/bench_face_proxy.py) measures each.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import numpy as np
 from pi.errors import ModelError
 from pi.vision.fer import ExpressionClassifier, FaceViews
 from pi.vision.photometry import NORMALISATIONS, normalise_face
+from pi.vision.registration import FaceRegistrar
 
 Box = tuple[int, int, int, int]  # x, y, w, h
 
@@ -36,7 +39,7 @@ Box = tuple[int, int, int, int]  # x, y, w, h
 # over upscaled FER2013 training faces (models/fer_framing.json; tests keep the two in step).
 FER_FRAME_IN_HAAR_BOX = (0.0104, 0.0104, 0.974, 0.974)
 PICKS = ("confident", "largest")
-ALIGNMENTS = ("none", "rotate", "eyes")
+ALIGNMENTS = ("none", "rotate", "eyes", "learned", "learned+turn")
 # Where the eyes sit in FER2013's 48x48 frame: their midpoint (x, y) and distance as fractions of the frame,
 # medians over the same upscaled training faces (models/fer_framing.json, replicate padding, eyes).
 FER_EYES = (0.4936, 0.3849, 0.3782)
@@ -81,7 +84,7 @@ def frame_square(box: Box, margin: float | None = None,
 class FaceDetector:
     def __init__(self, detect_width: int = 320, min_face: int = 48, margin: float | None = None,
                  scale_factor: float = 1.1, *, align: str = "none", normalise: str = "none",
-                 pick: str = "confident"):
+                 pick: str = "confident", registrar_files: tuple[str | Path, str | Path] | None = None):
         if align not in ALIGNMENTS:
             raise ValueError(f"align must be one of {ALIGNMENTS}, got {align!r}")
         if pick not in PICKS:
@@ -90,7 +93,12 @@ class FaceDetector:
             raise ValueError(f"normalise must be one of {NORMALISATIONS}, got {normalise!r}")
         self.frontal = _cascade("haarcascade_frontalface_default.xml")
         self.profile = _cascade("haarcascade_profileface.xml")
-        self.eyes = _cascade("haarcascade_eye.xml") if align != "none" else None
+        self.eyes = _cascade("haarcascade_eye.xml") if align in ("rotate", "eyes") else None
+        # align="learned": FER2013's framing predicted from the face (registrar_files: a model and its
+        # metadata; None: the shipped models/face_register_int8.tflite and face_register.json)
+        self.registrar = None
+        if align.startswith("learned"):
+            self.registrar = FaceRegistrar(*(registrar_files or (None, None)), turn=align == "learned+turn")
         self.detect_width = detect_width
         self.min_face = min_face
         self.margin = margin
@@ -102,9 +110,10 @@ class FaceDetector:
     @classmethod
     def from_config(cls, face: Mapping[str, Any]) -> FaceDetector:
         """The detector the `face` section of the configuration describes."""
+        registrar = (face["registrar"], face["registrar_metadata"]) if face.get("registrar") else None
         return cls(face["detect_width"], face["min_face"], face["margin"], face["scale_factor"],
                    align=face["align"], normalise=face["normalise"],
-                   pick=face["pick"])
+                   pick=face["pick"], registrar_files=registrar)
 
     def _detect(self, cascade: cv2.CascadeClassifier, image: np.ndarray) -> list[tuple[tuple[int, ...], float]]:
         """Boxes and their confidence (the cascade's level weight: how far past its last stage a window got)."""
@@ -185,6 +194,9 @@ class FaceDetector:
         to FER2013's framing (or grown by the margin); with `align`, turned upright from the eyes, and with
         "eyes" framed by them too when they agree with the box."""
         cx, cy, side = frame_square(box, self.margin)
+        if self.registrar is not None:
+            return self.registrar.refine(lambda square, size: self.cut(gray, square, size, normalise=False),
+                                         (cx, cy, side, 0.0))
         if self.align == "none":
             return cx, cy, side, 0.0
         eyes = self.eye_pair(gray, box)
@@ -195,9 +207,10 @@ class FaceDetector:
         cx, cy, side = frame_square(box, self.margin)
         return self.cut(gray, (cx, cy, side, angle), size)
 
-    def cut(self, gray: np.ndarray, square: tuple[float, float, float, float], size: int) -> np.ndarray:
+    def cut(self, gray: np.ndarray, square: tuple[float, float, float, float], size: int,
+            normalise: bool = True) -> np.ndarray:
         """The size x size face in `square` (centre x, centre y, side, angle in degrees), padded at the frame
-        edges by repeating the border, turned about its centre, normalised if asked.
+        edges by repeating the border, turned about its centre, normalised as configured unless not to.
 
         The square is first cut and shrunk with area averaging (no aliasing from a large face), then turned
         at the model's resolution; with an angle a square 1.5x as large is cut, so that turning brings real
@@ -218,7 +231,7 @@ class FaceDetector:
                                     flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             start = (big - size) // 2
             face = turned[start:start + size, start:start + size]
-        return normalise_face(face, self.normalise)
+        return normalise_face(face, self.normalise) if normalise else face
 
     def face(self, gray: np.ndarray, box: Box, size: int) -> tuple[np.ndarray, float]:
         """The model's input for the face in `box` and the angle it was turned by."""

@@ -47,13 +47,46 @@ def load_interpreter_class(preferred: tuple[tuple[str, str], ...] = RUNTIMES):
                      + ", ".join(missing))
 
 
-def read_metadata(path: str | Path) -> dict:
+def read_json(path: str | Path) -> dict:
+    """A model's metadata file as a dict; ModelError naming the file when it is missing or not a JSON object."""
     try:
         meta = json.loads(Path(path).read_text())
     except OSError as exc:
         raise ModelError(f"cannot read model metadata {path}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise ModelError(f"model metadata {path} is not JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"model metadata {path} is not a JSON object")
+    return meta
+
+
+def open_interpreter(model_path: Path, threads: int = 1):
+    """A TFLite interpreter with its tensors allocated, and whether XNNPACK runs it.
+
+    XNNPACK refuses some int8 graphs (e.g. a requantisation scale below 2^-32 where a branch contributes
+    next to nothing); the built-in kernels then run them, a few times slower, with a SlowKernelsWarning.
+    """
+    if not model_path.is_file():
+        raise ModelError(f"model file {model_path} not found")
+    interpreter_cls, _ = load_interpreter_class()
+    try:
+        interpreter = interpreter_cls(model_path=str(model_path), num_threads=threads)
+        interpreter.allocate_tensors()
+        return interpreter, True
+    except (ValueError, RuntimeError) as exc:
+        if "XNNPACK" not in str(exc):
+            raise ModelError(f"cannot load {model_path}: {exc}") from None
+        warnings.warn(f"{model_path.name}: XNNPACK refused the graph ({exc}); using built-in kernels",
+                      SlowKernelsWarning, stacklevel=3)
+    resolver = sys.modules[interpreter_cls.__module__].OpResolverType
+    interpreter = interpreter_cls(model_path=str(model_path), num_threads=threads,
+                                  experimental_op_resolver_type=resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    return interpreter, False
+
+
+def read_metadata(path: str | Path) -> dict:
+    meta = read_json(path)
     for key in ("classes", "input_size"):
         if key not in meta:
             raise ModelError(f"model metadata {path} lacks '{key}'")
@@ -66,26 +99,8 @@ class ExpressionClassifier:
     def __init__(self, model_path: str | Path, classes: tuple[str, ...], input_size: int = 48,
                  threads: int = 1):
         model_path = Path(model_path)
-        if not model_path.is_file():
-            raise ModelError(f"model file {model_path} not found")
-        interpreter_cls, self.runtime = load_interpreter_class()
-        self.xnnpack = True
-        try:
-            self.interpreter = interpreter_cls(model_path=str(model_path), num_threads=threads)
-            self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            if "XNNPACK" not in str(exc):
-                raise ModelError(f"cannot load {model_path}: {exc}") from None
-            # XNNPACK refuses some int8 graphs (e.g. a requantisation scale below 2^-32 where a branch
-            # contributes next to nothing); the built-in kernels run them, a few times slower.
-            warnings.warn(f"{model_path.name}: XNNPACK refused the graph ({exc}); using built-in kernels",
-                          SlowKernelsWarning, stacklevel=2)
-            resolver = sys.modules[interpreter_cls.__module__].OpResolverType
-            self.interpreter = interpreter_cls(
-                model_path=str(model_path), num_threads=threads,
-                experimental_op_resolver_type=resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-            self.interpreter.allocate_tensors()
-            self.xnnpack = False
+        self.runtime = load_interpreter_class()[1]
+        self.interpreter, self.xnnpack = open_interpreter(model_path, threads)
         self.classes = tuple(classes)
         self.input_size = input_size
         self.path = model_path

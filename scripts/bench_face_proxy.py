@@ -165,6 +165,14 @@ def render(face: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.n
     return frame, to_frame, side, angle, canvas, m
 
 
+def true_square(to_frame: np.ndarray, side: float, angle: float) -> tuple[float, float, float, float]:
+    """The rendered face's own FER2013 frame as a square FaceDetector.cut takes (centre in pixel-edge
+    coordinates, turned back by the scene's `angle`): the face's middle pixel centre (23.5, 23.5) mapped by
+    `to_frame` (pixel centres to pixel centres), plus half a pixel."""
+    cx, cy = to_frame @ np.array([23.5, 23.5, 1.0]) + 0.5
+    return float(cx), float(cy), side, -angle
+
+
 def same_crop(image: np.ndarray, to_frame: np.ndarray, square: tuple[float, float, float], border: int) -> np.ndarray:
     """The crop `square` of the frame, taken instead from `image` (which `to_frame` maps into the frame):
     the detector's very geometry without the room, the light or the JPEG."""
@@ -223,7 +231,8 @@ def main(argv=None) -> int:
     p.add_argument("--registrar", type=Path, default=None,
                    help="another registrar model than the shipped one (its metadata: face_register.json beside it)")
     p.add_argument("--only", default=None,
-                   help="comma-separated options to run (default all); fer2013 always runs, for the geometry")
+                   help="comma-separated options to run (default all); fer2013 and fer2013+align always run, "
+                        "for the geometry and the eye pairs")
     args = p.parse_args(argv)
     cv2.setNumThreads(1)
     t0 = time.time()
@@ -234,7 +243,7 @@ def main(argv=None) -> int:
     pick = stratified_sample(labels, args.n, args.seed)
     images, labels = images[pick], labels[pick]
     rng = np.random.default_rng(args.seed)
-    files = (args.registrar, args.registrar.with_name("face_register.json")) if args.registrar else None
+    files = (args.registrar, None) if args.registrar else None  # its metadata: face_register.json beside it
     only = None if args.only is None else {"fer2013", "fer2013+align", *args.only.split(",")}
     detectors = {name: FaceDetector(**kw, registrar_files=files) for name, kw in OPTIONS.items()
                  if only is None or name in only}
@@ -258,7 +267,7 @@ def main(argv=None) -> int:
         frame, to_frame, side, angle, canvas, canvas_to_frame = render(face, rng)
         gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         oracle[i] = classifier.predict(oracle_crop(gray, to_frame, side)).argmax(1)[0]
-        centre = to_frame @ np.array([24.0, 24.0, 1.0])  # the true frame's centre in the frame
+        centre = true_square(to_frame, side, angle)[:2]  # in pixel-edge coordinates, as boxes and squares
         boxes = {}
         for det, hits in ((detectors["fer2013"], found), (largest, found_largest)):
             box, _ = det.find(gray)

@@ -150,7 +150,8 @@ class HaarFrames:
 
 @functools.lru_cache(maxsize=1)
 def _detector():
-    """The pipeline's detector, one per worker process."""
+    """The Haar detector (align none: what is measured is where the Haar box alone frames each face), one
+    per worker process."""
     import cv2
 
     from pi.vision.face import FaceDetector

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -31,12 +32,12 @@ from pi.vision.face import FaceDetector, FacePipeline  # noqa: E402
 from pi.vision.fer import ExpressionClassifier, FaceViews  # noqa: E402
 
 # name -> face settings over the shipped ones; "default" is the shipped configuration, views included
-OPTIONS = {"margin_0.10 (shipped before)": {"margin": 0.1, "pick": "largest", "align": "none",
-                                            "normalised_view": "none"},
-           "default": {}, "default without the normalised view": {"normalised_view": "none"},
-           "Haar box in FER2013's framing (align none)": {"align": "none"},
-           "rotate": {"align": "rotate", "normalised_view": "none"},
-           "eyes": {"align": "eyes", "normalised_view": "none"}}
+OPTIONS: dict[str, dict[str, Any]] = {
+    "margin_0.10 (shipped before)": {"margin": 0.1, "pick": "largest", "align": "none", "normalised_view": "none"},
+    "default": {}, "default without the normalised view": {"normalised_view": "none"},
+    "Haar box in FER2013's framing (align none)": {"align": "none"},
+    "rotate": {"align": "rotate", "normalised_view": "none"},
+    "eyes": {"align": "eyes", "normalised_view": "none"}}
 
 
 def variants(bgr: np.ndarray) -> dict[str, np.ndarray]:

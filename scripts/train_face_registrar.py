@@ -23,6 +23,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -89,7 +90,7 @@ def make_examples(faces: np.ndarray, rng: np.random.Generator, size: int,
     return standardise(crops), (offsets / TARGET_SCALE).astype(np.float32)
 
 
-def build(size: int):
+def build(size: int) -> Any:  # a tf.keras.Model (TensorFlow is imported lazily)
     """Seven 3x3 convolutions (16-96 channels, three halvings), flattened so that where a feature sits
     survives, one hidden layer, four outputs. About 360 k parameters, 6 M multiply-adds."""
     import tensorflow as tf
@@ -106,7 +107,7 @@ def build(size: int):
     return tf.keras.Model(inp, layers.Dense(len(TARGETS))(x))
 
 
-def to_int8(model, calibration: np.ndarray) -> bytes:
+def to_int8(model: Any, calibration: np.ndarray) -> bytes:
     """Full-integer int8 weights and activations, float32 input and output (the registrar standardises its
     input in numpy and reads four numbers back)."""
     import tensorflow as tf

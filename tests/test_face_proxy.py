@@ -16,7 +16,7 @@ from pi.resources import FACE_SAMPLE, shipped
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from bench_face_light import conditions, squeeze  # noqa: E402
-from bench_face_proxy import gap_interval, render, same_crop  # noqa: E402
+from bench_face_proxy import gap_interval, oracle_crop, render, same_crop, true_square  # noqa: E402
 
 from pi.vision.face import FaceDetector  # noqa: E402
 from pi.vision.fer import ExpressionClassifier  # noqa: E402
@@ -66,6 +66,22 @@ def test_the_clean_canvas_maps_onto_the_rendered_frame():
     # the canvas's face frame (its middle 48 px) lands where to_frame puts the face
     np.testing.assert_allclose(canvas_to_frame @ [24.0, 24.0, 1.0], to_frame @ [0.0, 0.0, 1.0], atol=1e-6)
     assert canvas.shape == (96, 96) and frame.shape == (480, 640, 3) and 110 <= side <= 260 and abs(angle) <= 12
+
+
+def test_the_true_square_cuts_the_face_as_the_oracle_does():
+    """true_square (the rendered face's own frame, where the proxy measures the squares' offsets from) cut
+    by FaceDetector.cut is the oracle's crop; the same square half a face pixel off is not."""
+    face = cv2.GaussianBlur(np.load(shipped(FACE_SAMPLE))["images"][5], (0, 0), 1.0)
+    detector = FaceDetector()
+    for seed in range(4):  # scenes of different sizes and turns
+        frame, to_frame, side, angle, _, _ = render(face, np.random.default_rng(seed))
+        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        oracle = oracle_crop(gray, to_frame, side).astype(float)
+        cx, cy, s, turn = true_square(to_frame, side, angle)
+        error = np.abs(detector.cut(gray, (cx, cy, s, turn), 48) - oracle).mean()  # two resamplings apart
+        half = 0.5 * side / 48
+        off = np.abs(detector.cut(gray, (cx + half, cy + half, s, turn), 48) - oracle).mean()
+        assert error < 2.0 and off > 2 * error, (seed, error, off)
 
 
 def test_the_benchmark_prints_its_figures_and_decomposition():

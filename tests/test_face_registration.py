@@ -15,10 +15,10 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "scripts"))
 from train_face_registrar import inner_crop  # noqa: E402
 
-from pi.errors import ModelError, NoRegistrarWarning  # noqa: E402
+from pi.errors import ModelError, NoFaceModelWarning, NoRegistrarWarning, RegistrarError  # noqa: E402
 from pi.resources import FACE_SAMPLE, REGISTRAR_METADATA, REGISTRAR_MODEL, shipped
 from pi.service import config
-from pi.vision.face import FaceDetector, FacePipeline
+from pi.vision.face import FaceDetector, FacePipeline, frame_square
 from pi.vision.fer import ExpressionClassifier
 from pi.vision.registration import (
     FaceRegistrar,
@@ -125,22 +125,48 @@ def test_the_shipped_metadata_describes_the_shipped_file():
 def test_bad_registrar_files_are_named(tmp_path):
     meta = json.loads(DEFAULT_METADATA.read_text())
     broken = tmp_path / "broken.json"
-    broken.write_text(json.dumps({k: v for k, v in meta.items() if k != "inner_fraction"}))
-    with pytest.raises(ModelError, match="broken.json.*inner_fraction"):
-        FaceRegistrar(DEFAULT_MODEL, broken)
-    broken.write_text(json.dumps({**meta, "target_scale": [1, 2]}))
-    with pytest.raises(ModelError, match="target_scale needs 4 numbers"):
-        FaceRegistrar(DEFAULT_MODEL, broken)
+
+    def refused(bad: dict, match: str) -> None:
+        broken.write_text(json.dumps(bad))
+        with pytest.raises(RegistrarError, match=match):
+            FaceRegistrar(DEFAULT_MODEL, broken)
+
+    refused({k: v for k, v in meta.items() if k != "inner_fraction"}, "broken.json: 'inner_fraction'.*None")
+    refused({**meta, "inner_fraction": 1.5}, "'inner_fraction' is the share.*1.5")
+    refused({**meta, "target_scale": [1, 2]}, "'target_scale' needs 4 numbers")
+    refused({**meta, "target_scale": [0.1, float("nan"), 0.2, 0.1]}, "'target_scale' must be a positive.*nan")
+    refused({**meta, "input_size": 32.5}, "'input_size' must be a whole number.*32.5")
+    refused({**meta, "input_size": 0}, "'input_size' must be a whole number.*0")
+    refused({**meta, "input_size": 40}, r"takes \(1, 32, 32, 1\).*a registrar takes float32 \(1, 40, 40, 1\)")
+    refused({k: v for k, v in meta.items() if k != "draw"}, "'draw'.*missing")
+    refused({**meta, "draw": {**meta["draw"], "shift_limit": -0.2}}, "'shift_limit' must be a positive")
     broken.write_text("[1, 2]")
-    with pytest.raises(ModelError, match="not a JSON object"):
+    with pytest.raises(RegistrarError, match="not a JSON object"):
         FaceRegistrar(DEFAULT_MODEL, broken)
-    with pytest.raises(ModelError, match="not found"):
+    with pytest.raises(RegistrarError, match="not found"):
         FaceRegistrar(tmp_path / "gone.tflite", DEFAULT_METADATA)
     # the expression model is no registrar: its shape is named
-    with pytest.raises(ModelError, match="a registrar takes float32"):
+    with pytest.raises(RegistrarError, match="a registrar takes float32"):
         FaceRegistrar(ROOT / "models" / "fer_int8.tflite", DEFAULT_METADATA)
-    with pytest.raises(ValueError, match="passes"):
-        FaceRegistrar(passes=0)
+    assert issubclass(RegistrarError, ModelError)
+
+
+def test_predictions_stay_within_the_trained_draw(tmp_path):
+    """Past the drawn offsets the network extrapolates; its answer is held to the draw's limits."""
+    meta = json.loads(DEFAULT_METADATA.read_text())
+    tight = tmp_path / "tight.json"
+    tight.write_text(json.dumps({**meta, "draw": {**meta["draw"], "shift_limit": 0.001, "log_scale_limit": 0.002,
+                                                  "turn_degrees": 0.1}}))
+    shipped_registrar, held = FaceRegistrar(), FaceRegistrar(DEFAULT_MODEL, tight)
+    limits = np.array([0.001, 0.001, 0.002, math.radians(0.1)])
+    crops = np.random.default_rng(3).integers(0, 256, (20, held.input_size, held.input_size)).astype(np.uint8)
+    free = np.array([shipped_registrar.offset(c) for c in crops])
+    clamped = np.array([held.offset(c) for c in crops])
+    assert np.all(np.abs(clamped) <= limits + 1e-12)
+    assert np.all(np.abs(free) > limits, axis=1).any()  # the limits did bite
+    draw = meta["draw"]
+    assert np.all(np.abs(free) <= [draw["shift_limit"], draw["shift_limit"], draw["log_scale_limit"],
+                                   math.radians(draw["turn_degrees"])])
 
 
 def test_align_learned_from_the_config_runs_the_pipeline():
@@ -156,6 +182,12 @@ def test_align_learned_from_the_config_runs_the_pipeline():
     frame, _ = scene(faces[0], side=160, pad=120)
     result = FacePipeline(detector, classifier).analyse(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
     assert result.box is not None and result.probabilities.sum() == pytest.approx(1, abs=0.05)
+    # the pipeline cuts the registrar's square, not the Haar box's
+    cx, cy, side = frame_square(result.box)
+    learned = detector.square(frame, result.box)
+    assert learned == detector.registrar.refine(lambda sq, size: detector.cut(frame, sq, size, normalise=False),
+                                                (cx, cy, side, 0.0))
+    assert abs(learned[2] / side - 1) + math.hypot(learned[0] - cx, learned[1] - cy) / side > 0.01
 
 
 def test_the_configured_alignments_are_the_ones_the_detector_knows():
@@ -172,10 +204,52 @@ def test_a_missing_registrar_leaves_the_haar_framing(tmp_path):
     with pytest.warns(NoRegistrarWarning, match="gone.tflite.*FER2013's framing"):
         pipeline = load_face_pipeline(cfg)
     assert pipeline is not None and pipeline.detector.align == "none" and pipeline.detector.registrar is None
-    # another registrar named in the config is the one used
-    cfg = config.load(None, [f"face.registrar={DEFAULT_MODEL}", f"face.registrar_metadata={DEFAULT_METADATA}",
-                             "face.align=learned"])
-    assert FaceDetector.from_config(cfg["face"]).registrar.turn is False
+
+
+def test_a_broken_detector_is_not_taken_for_a_missing_registrar(monkeypatch):
+    """Only the registrar's own faults fall back to the Haar framing: without a Haar cascade there is no
+    face pipeline at all, and the warning says so."""
+    import pi.vision.face
+    from pi.service.device import load_face_pipeline
+
+    def no_cascade(name: str):
+        raise ModelError(f"cannot load the Haar cascade {name}")
+
+    monkeypatch.setattr(pi.vision.face, "_cascade", no_cascade)
+    with pytest.warns(NoFaceModelWarning, match="Haar cascade") as caught:
+        assert load_face_pipeline(config.load(None)) is None
+    assert not any(issubclass(w.category, NoRegistrarWarning) for w in caught)
+
+
+def test_another_registrar_named_in_the_config_is_used_with_its_own_metadata(tmp_path, monkeypatch):
+    """face.registrar alone takes the face_register.json beside it (as the trainer writes it), never the
+    shipped model's figures; face.registrar_metadata names another; face.threads reaches its interpreter."""
+    import pi.vision.registration
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "face_register_int8.tflite").write_bytes(DEFAULT_MODEL.read_bytes())
+    meta = json.loads(DEFAULT_METADATA.read_text())
+    (other / "face_register.json").write_text(json.dumps({**meta, "inner_fraction": 0.55}))
+    threads: list[int] = []
+    real_open = pi.vision.registration.open_interpreter
+
+    def spy(model_path, n=1):
+        threads.append(n)
+        return real_open(model_path, n)
+
+    monkeypatch.setattr(pi.vision.registration, "open_interpreter", spy)
+    cfg = config.load(None, [f"face.registrar={other / 'face_register_int8.tflite'}", "face.threads=2"])
+    assert cfg["face"]["registrar_metadata"] == str(other / "face_register.json")
+    detector = FaceDetector.from_config(cfg["face"])
+    assert detector.registrar is not None and detector.registrar.inner == 0.55 and threads == [2]
+    (tmp_path / "named.json").write_text(json.dumps({**meta, "inner_fraction": 0.6}))
+    cfg = config.load(None, [f"face.registrar={other / 'face_register_int8.tflite'}",
+                             f"face.registrar_metadata={tmp_path / 'named.json'}", "face.align=learned+turn"])
+    detector = FaceDetector.from_config(cfg["face"])
+    assert detector.registrar is not None and detector.registrar.inner == 0.6 and detector.registrar.turn
+    # the shipped default pairs the shipped files
+    assert config.load(None)["face"]["registrar_metadata"] == str(DEFAULT_METADATA)
 
 
 def test_the_registrar_trains_on_what_it_sees_at_run_time():

@@ -223,8 +223,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
                           nullable=True),
         "registrar": Field("str", None, "TFLite face registrar for face.align learned; null is the shipped "
                            "models/face_register_int8.tflite", nullable=True),
-        "registrar_metadata": Field("str", None, "the registrar's metadata JSON; null is the shipped "
-                                    "models/face_register.json", nullable=True),
+        "registrar_metadata": Field("str", None, "the registrar's metadata JSON; null is face_register.json "
+                                    "beside face.registrar (the shipped models/face_register.json)",
+                                    nullable=True),
         "threads": Field("int", 1, "interpreter threads", min=1, max=4),
         "detect_width": Field("int", 320, "frames are downscaled to this width for Haar detection",
                               min=80, max=4096),
@@ -646,9 +647,10 @@ def resolve(cfg: dict) -> dict:
     face["model"] = str(Path(face["model"]).resolve()) if face["model"] else str(resources.shipped(resources.FER_MODEL))
     face["metadata"] = (str(Path(face["metadata"]).resolve()) if face["metadata"]
                         else str(resources.shipped(resources.FER_METADATA)))
-    for key, shipped_file in (("registrar", resources.REGISTRAR_MODEL),
-                              ("registrar_metadata", resources.REGISTRAR_METADATA)):
-        face[key] = str(Path(face[key]).resolve()) if face[key] else str(resources.shipped(shipped_file))
+    face["registrar"] = (str(Path(face["registrar"]).resolve()) if face["registrar"]
+                         else str(resources.shipped(resources.REGISTRAR_MODEL)))
+    face["registrar_metadata"] = str(Path(face["registrar_metadata"]).resolve() if face["registrar_metadata"]
+                                     else resources.registrar_metadata_for(face["registrar"]))
     faces = cfg["sim"]["faces"]
     if faces == "sample":
         cfg["sim"]["faces"] = str(resources.shipped(resources.FACE_SAMPLE))

@@ -17,11 +17,19 @@ import warnings
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from pi.errors import CameraError, CommandError, EmotionEdgeError, ModelError, NoFaceModelWarning, NoRegistrarWarning
+from pi.errors import (
+    CameraError,
+    CommandError,
+    EmotionEdgeError,
+    ModelError,
+    NoFaceModelWarning,
+    NoRegistrarWarning,
+    RegistrarError,
+)
 from pi.messaging import messages
 from pi.messaging.outbox import Outbox
 from pi.messaging.publisher import OutboxPublisher, make_publisher
@@ -32,6 +40,9 @@ from pi.physiology.sampler import SecondRecord
 from pi.service.hardware import Hardware
 from pi.service.lock import DataDirLock
 from pi.service.store import LocalStore
+
+if TYPE_CHECKING:
+    from pi.vision.face import FacePipeline
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +59,9 @@ def new_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
-def load_face_pipeline(cfg: dict):
-    """The face pipeline, or None with a NoFaceModelWarning when the model is missing or unloadable."""
+def load_face_pipeline(cfg: dict) -> FacePipeline | None:
+    """The face pipeline, or None with a NoFaceModelWarning when the model is missing or unloadable; a
+    broken registrar alone leaves the Haar framing (NoRegistrarWarning)."""
     from pi.vision.face import FaceDetector, FacePipeline
     from pi.vision.fer import ExpressionClassifier, FaceViews, read_metadata
 
@@ -68,9 +80,7 @@ def load_face_pipeline(cfg: dict):
                         views.normalised)
         try:
             detector = FaceDetector.from_config(face)
-        except ModelError as exc:
-            if not face["align"].startswith("learned"):
-                raise
+        except RegistrarError as exc:
             warnings.warn(f"face registrar unavailable ({exc}); faces are cut by the Haar box in FER2013's "
                           f"framing (face.align none)", NoRegistrarWarning, stacklevel=2)
             detector = FaceDetector.from_config({**face, "align": "none"})

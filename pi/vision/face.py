@@ -84,7 +84,10 @@ def frame_square(box: Box, margin: float | None = None,
 class FaceDetector:
     def __init__(self, detect_width: int = 320, min_face: int = 48, margin: float | None = None,
                  scale_factor: float = 1.1, *, align: str = "none", normalise: str = "none",
-                 pick: str = "confident", registrar_files: tuple[str | Path, str | Path] | None = None):
+                 pick: str = "confident", registrar_files: tuple[str | Path, str | Path | None] | None = None,
+                 threads: int = 1):
+        """Defaults are the plain Haar framing (align "none"), what a script or test asks for explicitly;
+        the device's configuration (`from_config`, config.yaml) ships align "learned"."""
         if align not in ALIGNMENTS:
             raise ValueError(f"align must be one of {ALIGNMENTS}, got {align!r}")
         if pick not in PICKS:
@@ -95,10 +98,11 @@ class FaceDetector:
         self.profile = _cascade("haarcascade_profileface.xml")
         self.eyes = _cascade("haarcascade_eye.xml") if align in ("rotate", "eyes") else None
         # align="learned": FER2013's framing predicted from the face (registrar_files: a model and its
-        # metadata; None: the shipped models/face_register_int8.tflite and face_register.json)
-        self.registrar = None
+        # metadata, None beside the model; None: the shipped models/face_register_int8.tflite), on `threads`
+        self.registrar: FaceRegistrar | None = None
         if align.startswith("learned"):
-            self.registrar = FaceRegistrar(*(registrar_files or (None, None)), turn=align == "learned+turn")
+            model, metadata = registrar_files or (None, None)
+            self.registrar = FaceRegistrar(model, metadata, threads, turn=align == "learned+turn")
         self.detect_width = detect_width
         self.min_face = min_face
         self.margin = margin
@@ -110,10 +114,10 @@ class FaceDetector:
     @classmethod
     def from_config(cls, face: Mapping[str, Any]) -> FaceDetector:
         """The detector the `face` section of the configuration describes."""
-        registrar = (face["registrar"], face["registrar_metadata"]) if face.get("registrar") else None
+        registrar = (face["registrar"], face.get("registrar_metadata")) if face.get("registrar") else None
         return cls(face["detect_width"], face["min_face"], face["margin"], face["scale_factor"],
                    align=face["align"], normalise=face["normalise"],
-                   pick=face["pick"], registrar_files=registrar)
+                   pick=face["pick"], registrar_files=registrar, threads=face["threads"])
 
     def _detect(self, cascade: cv2.CascadeClassifier, image: np.ndarray) -> list[tuple[tuple[int, ...], float]]:
         """Boxes and their confidence (the cascade's level weight: how far past its last stage a window got)."""
@@ -191,8 +195,9 @@ class FaceDetector:
 
     def square(self, gray: np.ndarray, box: Box) -> tuple[float, float, float, float]:
         """(centre x, centre y, side, angle) of the square to cut for the face in `box`: the Haar box mapped
-        to FER2013's framing (or grown by the margin); with `align`, turned upright from the eyes, and with
-        "eyes" framed by them too when they agree with the box."""
+        to FER2013's framing (or grown by the margin); with align "learned", moved and scaled (and with
+        "learned+turn" turned) where the registrar predicts FER2013's frame; with "rotate", turned upright
+        from the eyes, and with "eyes" framed by them too when they agree with the box."""
         cx, cy, side = frame_square(box, self.margin)
         if self.registrar is not None:
             return self.registrar.refine(lambda square, size: self.cut(gray, square, size, normalise=False),

@@ -15,6 +15,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +61,7 @@ def read_json(path: str | Path) -> dict:
     return meta
 
 
-def open_interpreter(model_path: Path, threads: int = 1):
+def open_interpreter(model_path: Path, threads: int = 1) -> tuple[Any, bool]:
     """A TFLite interpreter with its tensors allocated, and whether XNNPACK runs it.
 
     XNNPACK refuses some int8 graphs (e.g. a requantisation scale below 2^-32 where a branch contributes
@@ -106,9 +107,9 @@ class ExpressionClassifier:
         self.path = model_path
         self._in = self.interpreter.get_input_details()[0]
         self._out = self.interpreter.get_output_details()[0]
-        shape = tuple(self._in["shape"])
-        if shape[1:3] != (input_size, input_size) or self._out["shape"][-1] != len(self.classes):
-            raise ModelError(f"{model_path} takes {shape} -> {tuple(self._out['shape'])}, but its metadata "
+        shape, shape_out = tuple(self._in["shape"].tolist()), tuple(self._out["shape"].tolist())
+        if shape[1:3] != (input_size, input_size) or shape_out[-1] != len(self.classes):
+            raise ModelError(f"{model_path} takes {shape} -> {shape_out}, but its metadata "
                              f"says {input_size}x{input_size} -> {len(self.classes)} classes")
 
     @classmethod

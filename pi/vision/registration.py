@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pi.errors import ModelError
-from pi.resources import REGISTRAR_METADATA, REGISTRAR_MODEL, shipped
+from pi.errors import ModelError, RegistrarError
+from pi.resources import REGISTRAR_MODEL, registrar_metadata_for, shipped
 from pi.vision.fer import open_interpreter, read_json
 
 Square = tuple[float, float, float, float]  # centre x, centre y, side, angle in degrees
@@ -72,54 +72,76 @@ def standardise(crops: np.ndarray) -> np.ndarray:
     return ((x - mean) / spread)[..., None]
 
 
+def _positive(meta: dict, key: str, path: str | Path) -> float:
+    value = meta.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise RegistrarError(f"registrar metadata {path}: '{key}' must be a positive number, got {value!r}")
+    return float(value)
+
+
 class FaceRegistrar:
     """Where FER2013 would frame the face in a square: `refine(cut, square)` for a detector's cut function.
 
     `turn` also applies the predicted turn (otherwise only the shift and scale, the square staying as
-    upright as it came); `passes` refines the refined square again.
+    upright as it came). Predictions are held to the range the network was trained on (the metadata's
+    `draw` limits): past them it extrapolates, and a wild answer must not throw the face out of the crop.
     """
 
     def __init__(self, model_path: str | Path | None = None, metadata_path: str | Path | None = None,
-                 threads: int = 1, *, turn: bool = False, passes: int = 1):
-        """None: the shipped models/face_register_int8.tflite and models/face_register.json."""
+                 threads: int = 1, *, turn: bool = False):
+        """None: the shipped models/face_register_int8.tflite; metadata None: the face_register.json beside the
+        model (pi.resources.registrar_metadata_for)."""
         model_path = Path(model_path) if model_path is not None else shipped(REGISTRAR_MODEL)
-        metadata_path = metadata_path if metadata_path is not None else shipped(REGISTRAR_METADATA)
-        meta = read_json(metadata_path)
+        metadata_path = Path(metadata_path) if metadata_path is not None else registrar_metadata_for(model_path)
         try:
-            self.input_size = int(meta["input_size"])
-            self.inner = float(meta["inner_fraction"])
-            self.target_scale = np.asarray(meta["target_scale"], np.float64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"registrar metadata {metadata_path} lacks or mangles {exc}") from None
-        if self.target_scale.shape != (4,) or not 0 < self.inner <= 1:
-            raise ModelError(f"registrar metadata {metadata_path}: target_scale needs 4 numbers and "
-                             f"inner_fraction a share in (0, 1]")
-        if passes < 1:
-            raise ValueError(f"passes must be at least 1, got {passes}")
-        self.interpreter, self.xnnpack = open_interpreter(model_path, threads)
+            self.interpreter, self.xnnpack = open_interpreter(model_path, threads)
+        except ModelError as exc:
+            raise RegistrarError(str(exc)) from None
+        try:
+            meta = read_json(metadata_path)
+        except ModelError as exc:
+            raise RegistrarError(str(exc)) from None
+        size = meta.get("input_size")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+            raise RegistrarError(f"registrar metadata {metadata_path}: 'input_size' must be a whole number of "
+                                 f"pixels (8 or more), got {size!r}")
+        self.input_size = size
+        self.inner = _positive(meta, "inner_fraction", metadata_path)
+        if self.inner > 1:
+            raise RegistrarError(f"registrar metadata {metadata_path}: 'inner_fraction' is the share of the "
+                                 f"square the network sees, in (0, 1], got {self.inner}")
+        scale = meta.get("target_scale")
+        if not isinstance(scale, list) or len(scale) != 4:
+            raise RegistrarError(f"registrar metadata {metadata_path}: 'target_scale' needs 4 numbers (shift x, "
+                                 f"shift y, log scale, turn), got {scale!r}")
+        self.target_scale = np.array([_positive({"target_scale": v}, "target_scale", metadata_path)
+                                      for v in scale])
+        draw = meta.get("draw")
+        if not isinstance(draw, dict):
+            raise RegistrarError(f"registrar metadata {metadata_path}: 'draw' (the trained offsets' limits) "
+                                 f"is missing")
+        shift, log_scale = (_positive(draw, key, metadata_path) for key in ("shift_limit", "log_scale_limit"))
+        self.limits = np.array([shift, shift, log_scale, math.radians(_positive(draw, "turn_degrees",
+                                                                                metadata_path))])
         self._in = self.interpreter.get_input_details()[0]
         self._out = self.interpreter.get_output_details()[0]
-        if (tuple(self._in["shape"][1:3]) != (self.input_size, self.input_size)
-                or self._out["shape"][-1] != 4 or self._in["dtype"] != np.float32):
-            raise ModelError(f"{model_path} takes {tuple(self._in['shape'])} {self._in['dtype'].__name__} -> "
-                             f"{tuple(self._out['shape'])}, but a registrar takes float32 "
-                             f"{self.input_size}x{self.input_size} crops to 4 numbers")
+        shape_in, shape_out = tuple(self._in["shape"].tolist()), tuple(self._out["shape"].tolist())
+        if shape_in != (1, size, size, 1) or shape_out != (1, 4) or self._in["dtype"] != np.float32:
+            raise RegistrarError(f"{model_path} takes {shape_in} {self._in['dtype'].__name__} -> {shape_out}, but a "
+                                 f"registrar takes float32 (1, {size}, {size}, 1) crops to (1, 4) numbers")
         self.turn = turn
-        self.passes = passes
 
     def offset(self, crop: np.ndarray) -> np.ndarray:
         """(shift x, shift y, log scale, turn in radians) of FER2013's frame against the square whose inner
-        part `crop` is (input_size x input_size, uint8 or float)."""
+        part `crop` is (input_size x input_size, uint8 or float), within the trained limits."""
         self.interpreter.set_tensor(self._in["index"], standardise(crop[None]))
         self.interpreter.invoke()
-        return self.interpreter.get_tensor(self._out["index"])[0].astype(np.float64) * self.target_scale
+        raw = self.interpreter.get_tensor(self._out["index"])[0].astype(np.float64) * self.target_scale
+        return np.clip(raw, -self.limits, self.limits)
 
     def refine(self, cut: Callable[[Square, int], np.ndarray], square: Square) -> Square:
         """The square FER2013 would have cut, from `square` (the Haar box's framing); `cut(square, size)`
         returns that square of the frame at size x size (FaceDetector.cut on the frame)."""
-        for _ in range(self.passes):
-            cx, cy, side, angle = square
-            shift_x, shift_y, log_scale, turn = self.offset(cut((cx, cy, side * self.inner, angle), self.input_size))
-            square = map_square(square_map(square) @ relative_map(shift_x, shift_y, log_scale,
-                                                                turn if self.turn else 0.0))
-        return square
+        cx, cy, side, angle = square
+        shift_x, shift_y, log_scale, turn = self.offset(cut((cx, cy, side * self.inner, angle), self.input_size))
+        return map_square(square_map(square) @ relative_map(shift_x, shift_y, log_scale, turn if self.turn else 0.0))

@@ -72,11 +72,39 @@ def standardise(crops: np.ndarray) -> np.ndarray:
     return ((x - mean) / spread)[..., None]
 
 
-def _positive(meta: dict, key: str, path: str | Path) -> float:
-    value = meta.get(key)
+def _positive(value: object, key: str, path: str | Path) -> float:
+    """`value` (the metadata's `key`) as a positive finite number, or a RegistrarError naming the key."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise RegistrarError(f"registrar metadata {path}: '{key}' must be a positive number, got {value!r}")
     return float(value)
+
+
+def read_registrar_metadata(path: str | Path) -> tuple[int, float, np.ndarray, np.ndarray]:
+    """A registrar's input size, inner fraction, target scale (4) and prediction limits (4: the trained
+    draw's shift, shift, log scale and turn in radians), each checked; a RegistrarError names the key."""
+    try:
+        meta = read_json(path)
+    except ModelError as exc:
+        raise RegistrarError(str(exc)) from None
+    size = meta.get("input_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+        raise RegistrarError(f"registrar metadata {path}: 'input_size' must be a whole number of pixels (8 or "
+                             f"more), got {size!r}")
+    inner = _positive(meta.get("inner_fraction"), "inner_fraction", path)
+    if inner > 1:
+        raise RegistrarError(f"registrar metadata {path}: 'inner_fraction' is the share of the square the "
+                             f"network sees, in (0, 1], got {inner}")
+    scale = meta.get("target_scale")
+    if not isinstance(scale, list) or len(scale) != 4:
+        raise RegistrarError(f"registrar metadata {path}: 'target_scale' needs 4 numbers (shift x, shift y, "
+                             f"log scale, turn), got {scale!r}")
+    draw = meta.get("draw")
+    if not isinstance(draw, dict):
+        raise RegistrarError(f"registrar metadata {path}: 'draw' (the trained offsets' limits) is missing")
+    shift, log_scale, turn = (_positive(draw.get(key), key, path)
+                              for key in ("shift_limit", "log_scale_limit", "turn_degrees"))
+    return (size, inner, np.array([_positive(v, "target_scale", path) for v in scale]),
+            np.array([shift, shift, log_scale, math.radians(turn)]))
 
 
 class FaceRegistrar:
@@ -97,32 +125,8 @@ class FaceRegistrar:
             self.interpreter, self.xnnpack = open_interpreter(model_path, threads)
         except ModelError as exc:
             raise RegistrarError(str(exc)) from None
-        try:
-            meta = read_json(metadata_path)
-        except ModelError as exc:
-            raise RegistrarError(str(exc)) from None
-        size = meta.get("input_size")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-            raise RegistrarError(f"registrar metadata {metadata_path}: 'input_size' must be a whole number of "
-                                 f"pixels (8 or more), got {size!r}")
-        self.input_size = size
-        self.inner = _positive(meta, "inner_fraction", metadata_path)
-        if self.inner > 1:
-            raise RegistrarError(f"registrar metadata {metadata_path}: 'inner_fraction' is the share of the "
-                                 f"square the network sees, in (0, 1], got {self.inner}")
-        scale = meta.get("target_scale")
-        if not isinstance(scale, list) or len(scale) != 4:
-            raise RegistrarError(f"registrar metadata {metadata_path}: 'target_scale' needs 4 numbers (shift x, "
-                                 f"shift y, log scale, turn), got {scale!r}")
-        self.target_scale = np.array([_positive({"target_scale": v}, "target_scale", metadata_path)
-                                      for v in scale])
-        draw = meta.get("draw")
-        if not isinstance(draw, dict):
-            raise RegistrarError(f"registrar metadata {metadata_path}: 'draw' (the trained offsets' limits) "
-                                 f"is missing")
-        shift, log_scale = (_positive(draw, key, metadata_path) for key in ("shift_limit", "log_scale_limit"))
-        self.limits = np.array([shift, shift, log_scale, math.radians(_positive(draw, "turn_degrees",
-                                                                                metadata_path))])
+        self.input_size, self.inner, self.target_scale, self.limits = read_registrar_metadata(metadata_path)
+        size = self.input_size
         self._in = self.interpreter.get_input_details()[0]
         self._out = self.interpreter.get_output_details()[0]
         shape_in, shape_out = tuple(self._in["shape"].tolist()), tuple(self._out["shape"].tolist())

@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from train_face_registrar import inner_crop  # noqa: E402
+from train_face_registrar import DRAW, draw_offsets, inner_crop  # noqa: E402
 
 from pi.errors import ModelError, NoFaceModelWarning, NoRegistrarWarning, RegistrarError  # noqa: E402
 from pi.resources import FACE_SAMPLE, REGISTRAR_METADATA, REGISTRAR_MODEL, shipped
@@ -269,3 +269,15 @@ def test_the_registrar_trains_on_what_it_sees_at_run_time():
             assert np.abs(seen - trained).mean() < 2.5, offset
             wrong = inner_crop(face, np.array([*offset[:3], -offset[3]]), size, inner)
             assert np.abs(seen - wrong).mean() > 10
+
+
+def test_the_training_draw_is_what_the_metadata_records():
+    """The offsets drawn for training keep to DRAW (the limits the shipped registrar's predictions are held
+    to come from the metadata's copy of it) and have its spreads and mean."""
+    offsets = draw_offsets(np.random.default_rng(0), 20000)
+    limits = [DRAW["shift_limit"], DRAW["shift_limit"], DRAW["log_scale_limit"], math.radians(DRAW["turn_degrees"])]
+    assert np.all(np.abs(offsets) <= limits)
+    assert offsets[:, 0].std() == pytest.approx(DRAW["shift_sd"], rel=0.05)
+    assert offsets[:, 1].mean() == pytest.approx(DRAW["shift_y_mean"], abs=0.002)
+    assert offsets[:, 2].std() == pytest.approx(DRAW["log_scale_sd"], rel=0.05)
+    assert np.abs(offsets[:, 3]).max() > 0.95 * limits[3]  # the turn is uniform over its range

@@ -120,6 +120,7 @@ def test_the_shipped_metadata_describes_the_shipped_file():
     assert registrar.input_size == meta["input_size"] and registrar.inner == meta["inner_fraction"]
     int8 = meta["validation"]["int8"]
     assert all(v["residual_sd"] < v["drawn_sd"] for v in int8.values())  # it learned every target
+    assert meta["draw"] == DRAW  # the trainer's draw is the shipped model's: its command reproduces it
 
 
 def test_bad_registrar_files_are_named(tmp_path):

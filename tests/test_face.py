@@ -11,7 +11,7 @@ from pi.errors import CameraError, ModelError
 from pi.resources import FACE_SAMPLE, shipped
 from pi.service import config
 from pi.vision.evaluation import stratified_sample
-from pi.vision.face import FaceDetector, FacePipeline
+from pi.vision.face import FaceDetector, FacePipeline, square_pixels
 from pi.vision.fer import ExpressionClassifier, FaceViews, load_interpreter_class, read_metadata, zoom_matrix
 
 MODEL = ROOT / "models" / "fer_int8.tflite"
@@ -180,6 +180,20 @@ def test_crop_pads_at_the_frame_edge_by_repeating_the_border():
     assert face.shape == (30, 30)
     assert np.array_equal(face[0, :25], gray[0, 75:100])  # inside the frame: the pixels themselves
     assert np.all(face[:, 25:] == gray[0, 99])  # past the right edge: the last column repeated, not black
+
+
+@pytest.mark.parametrize("x0, y0, n", [(30, 20, 40), (-15, 10, 40), (70, 65, 40), (-30, -25, 30),
+                                       (-10, -10, 120), (130, 150, 20), (-60, 40, 25)])
+def test_square_pixels_repeat_the_frame_edge_like_a_padded_frame(x0, y0, n):
+    """Inside, across an edge or a corner, larger than the frame or wholly outside it: the same pixels
+    as cutting the square from the frame padded by BORDER_REPLICATE on every side."""
+    gray = np.random.default_rng(0).integers(0, 256, (90, 110), dtype=np.uint8)
+    pad = 200
+    padded = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    expected = padded[y0 + pad:y0 + pad + n, x0 + pad:x0 + pad + n]
+    assert np.array_equal(square_pixels(gray, x0, y0, n), expected)
+    inside = square_pixels(gray, 30, 20, 40)
+    assert np.shares_memory(inside, gray)  # inside the frame it is a view, not a copy
 
 
 @needs_data

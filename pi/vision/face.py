@@ -81,6 +81,21 @@ def frame_square(box: Box, margin: float | None = None,
     return x + w / 2, y + h / 2, max(w, h) * (1 + 2 * margin)
 
 
+def square_pixels(gray: np.ndarray, x0: int, y0: int, n: int) -> np.ndarray:
+    """The n x n pixels from (x0, y0), the frame's edge repeated where the square runs past it.
+
+    A view of the frame when the square lies inside it (the usual case: no copy); otherwise only the
+    square's own pixels are gathered, with clamped coordinates (what BORDER_REPLICATE padding of the whole
+    frame gives, without copying the frame once per cut).
+    """
+    height, width = gray.shape[:2]
+    if x0 >= 0 and y0 >= 0 and x0 + n <= width and y0 + n <= height:
+        return gray[y0:y0 + n, x0:x0 + n]
+    rows = np.clip(np.arange(y0, y0 + n), 0, height - 1)
+    cols = np.clip(np.arange(x0, x0 + n), 0, width - 1)
+    return gray[np.ix_(rows, cols)]
+
+
 class FaceDetector:
     def __init__(self, detect_width: int = 320, min_face: int = 48, margin: float | None = None,
                  scale_factor: float = 1.1, *, align: str = "none", normalise: str = "none",
@@ -226,9 +241,7 @@ class FaceDetector:
         big = int(round(size * grow))
         cut = side * big / size
         x0, y0, n = int(round(cx - cut / 2)), int(round(cy - cut / 2)), max(1, int(round(cut)))
-        pad = n + 1
-        padded = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        face = padded[y0 + pad:y0 + pad + n, x0 + pad:x0 + pad + n]
+        face = square_pixels(gray, x0, y0, n)
         face = cv2.resize(face, (big, big), interpolation=cv2.INTER_AREA if n >= big else cv2.INTER_LINEAR)
         if angle:
             centre = ((big - 1) / 2, (big - 1) / 2)

@@ -1,6 +1,6 @@
 """The face benchmarks: the proxy (scripts/bench_face_proxy.py), its geometry and its JSON, and the light
-conditions (scripts/bench_face_light.py), on the bundled face sample, the real cascades and the shipped
-model; no ../shared needed."""
+conditions (scripts/bench_face_light.py), framing and optics against the peer (scripts/bench_face_shift.py), on
+the bundled face sample, the real cascades and the shipped model; no ../shared needed."""
 from __future__ import annotations
 
 import json
@@ -133,3 +133,60 @@ def test_the_light_benchmark_scores_each_condition_and_view():
     for row in r["conditions"].values():
         assert set(row) == {"none", "equalize", "clahe"}
         assert all(0 <= v["accuracy"] <= 1 for v in row.values())
+
+
+def laplacian_energy(faces: np.ndarray) -> float:
+    return float(np.mean([np.abs(cv2.Laplacian(f.astype(np.float32), cv2.CV_32F)).mean() for f in faces]))
+
+
+def test_shift_conditions_do_what_they_say():
+    from bench_face_shift import conditions as changes
+
+    faces = np.load(shipped(FACE_SAMPLE))["images"][:10]
+    change = changes()
+    assert np.array_equal(change["clean"](faces), faces)
+    for name, fn in change.items():
+        out = fn(faces)
+        assert out.shape == faces.shape and out.dtype == np.uint8, name
+    yy, xx = np.mgrid[:48, :48]
+    disc = np.where((yy - 23.5) ** 2 + (xx - 23.5) ** 2 < 8 ** 2, 255, 0).astype(np.uint8)[None]
+    area = (disc > 127).sum()  # a centred disc grows with the zoom's square, about its centre
+    assert (change["zoom_1.3 (tighter)"](disc) > 127).sum() == pytest.approx(1.3 ** 2 * area, rel=0.08)
+    assert (change["zoom_0.8 (wider)"](disc) > 127).sum() == pytest.approx(0.8 ** 2 * area, rel=0.08)
+    energy = laplacian_energy(faces)
+    assert laplacian_energy(change["unsharp_1.0"](faces)) > 1.3 * energy
+    assert laplacian_energy(change["blur_0.8px"](faces)) < 0.8 * energy
+    assert laplacian_energy(change["bilateral (smooth skin)"](faces)) < energy
+
+
+def test_lost_more_is_ours_minus_the_peers_loss_per_face():
+    pytest.importorskip("scipy", reason="the interval is scipy's bootstrap (the report extra)")
+    from bench_face_shift import lost_more
+
+    ours = np.array([1, 1, 0, 0, 1, -1, 0, 1] * 60)
+    peer = np.array([0, 1, 0, 0, 0, 0, 0, 1] * 60)
+    r = lost_more(ours, peer, seed=0)
+    assert r["shipped_lost_more_points"] == 12.5  # (1 + 1 - 1) / 8 faces
+    low, high = r["shipped_lost_more_ci95_points"]
+    assert low <= 12.5 <= high and low > 0
+
+
+def test_the_shift_benchmark_scores_each_change():
+    pytest.importorskip("scipy", reason="the loss's interval is scipy's bootstrap (the report extra)")
+    from bench_face_shift import conditions as changes
+
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_face_shift.py"), "--data",
+                          str(shipped(FACE_SAMPLE)), "--fer-model", "/nonexistent"],
+                         capture_output=True, text=True, timeout=300, check=True)
+    r = json.loads(out.stdout)
+    assert set(r["conditions"]) == set(changes()) and r["fer_package_model"] is None
+    clean = r["conditions"]["clean"]["shipped"]
+    assert "lost_points" not in clean
+    for name, row in r["conditions"].items():
+        assert set(row) == {"shipped"}  # no peer, no comparison
+        if name != "clean":
+            s = row["shipped"]
+            assert s["lost_points"] == pytest.approx(100 * (clean["accuracy"] - s["accuracy"]), abs=0.02)
+            low, high = s["lost_ci95_points"]
+            assert low <= s["lost_points"] <= high
+            assert 0 <= s["answered_neutral"] <= 1

@@ -86,32 +86,29 @@ def _emit(text: str) -> None:
     output.emit(text)
 
 
-def cmd_sleep_import(args) -> int:
-    from pi.ingest.sleep import import_sleep
-
+def _run_import(args, importer) -> int:
+    """One importer (`import_sleep` or `import_mood`) on the configured store; prints its summary."""
     cfg = _config(args)
     zone, name = _zone(cfg, args.tz)
     db = _open(cfg)
     try:
-        summary = import_sleep(db, args.user, args.path, zone, name)
+        summary = importer(db, args.user, args.path, zone, name)
     finally:
         db.close()
     _emit(json.dumps(summary.as_dict()))
     return 0
+
+
+def cmd_sleep_import(args) -> int:
+    from pi.ingest.sleep import import_sleep
+
+    return _run_import(args, import_sleep)
 
 
 def cmd_mood_import(args) -> int:
     from pi.ingest.mood import import_mood
 
-    cfg = _config(args)
-    zone, name = _zone(cfg, args.tz)
-    db = _open(cfg)
-    try:
-        summary = import_mood(db, args.user, args.path, zone, name)
-    finally:
-        db.close()
-    _emit(json.dumps(summary.as_dict()))
-    return 0
+    return _run_import(args, import_mood)
 
 
 def _private_write(path: Path, data: bytes) -> None:

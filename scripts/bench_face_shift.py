@@ -94,6 +94,7 @@ def lost_more(ours: np.ndarray, peer: np.ndarray, seed: int) -> dict:
 
 
 def summary(labels: np.ndarray, predicted: np.ndarray, clean_ok: np.ndarray | None, classes, seed: int) -> dict:
+    """One model's row for one condition; with `clean_ok` (its per-face hits on the clean faces) the loss too."""
     r = report(labels, predicted, classes)
     ok = predicted == labels
     row = {"accuracy": round(r["accuracy"], 4), "macro_f1": round(r["macro_f1"], 4),

@@ -54,6 +54,12 @@ def conditions(seed: int) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     }
 
 
+def scores(r: dict) -> dict:
+    """Accuracy, macro-F1 and the lowest class recall of a pi.metrics.report, rounded for the JSON."""
+    return {"accuracy": round(r["accuracy"], 4), "macro_f1": round(r["macro_f1"], 4),
+            "lowest_recall": round(min(m["recall"] for m in r["per_class"].values()), 4)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True, help="FER2013 PublicTest .npz")
@@ -70,8 +76,7 @@ def main(argv=None) -> int:
         row = {}
         for views in NORMALISATIONS:
             r = report(labels, FaceViews(normalised=views).predict(classifier, faces).argmax(1), classifier.classes)
-            row[views] = {"accuracy": round(r["accuracy"], 4), "macro_f1": round(r["macro_f1"], 4),
-                          "lowest_recall": round(min(m["recall"] for m in r["per_class"].values()), 4)}
+            row[views] = scores(r)
         result["conditions"][name] = row
     result["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(result, indent=2))

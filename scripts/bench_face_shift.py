@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from bench_face_light import scores  # noqa: E402
+
 from pi.metrics import report  # noqa: E402
 from pi.vision.evaluation import load_dataset  # noqa: E402
 from pi.vision.fer import ExpressionClassifier, FaceViews  # noqa: E402
@@ -95,11 +97,9 @@ def lost_more(ours: np.ndarray, peer: np.ndarray, seed: int) -> dict:
 
 def summary(labels: np.ndarray, predicted: np.ndarray, clean_ok: np.ndarray | None, classes, seed: int) -> dict:
     """One model's row for one condition; with `clean_ok` (its per-face hits on the clean faces) the loss too."""
-    r = report(labels, predicted, classes)
     ok = predicted == labels
-    row = {"accuracy": round(r["accuracy"], 4), "macro_f1": round(r["macro_f1"], 4),
-           "lowest_recall": round(min(m["recall"] for m in r["per_class"].values()), 4),
-           "answered_neutral": round(float(np.mean(predicted == classes.index(NEUTRAL))), 4)}
+    row = scores(report(labels, predicted, classes))
+    row["answered_neutral"] = round(float(np.mean(predicted == classes.index(NEUTRAL))), 4)
     if clean_ok is not None:
         row["lost_points"] = round(100 * float(clean_ok.mean() - ok.mean()), 2)
         row["lost_ci95_points"] = mean_interval(clean_ok.astype(int) - ok, seed)
